@@ -1,0 +1,144 @@
+"""Command line: train the Cityscapes UNet, and redraw its curves.
+
+python main.py --epochs 10
+python main.py plot --history output/history.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# Quiet TensorFlow's start-up chatter; a user's own setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line flags of a training run."""
+    p = argparse.ArgumentParser(
+        prog="main.py",
+        description="Train a UNet on the Cityscapes image pairs (photo | colour label JPEGs).",
+        epilog="Redraw the curves of a run: python main.py plot --history output/history.csv",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data-dir",
+        type=str,
+        default="images",
+        help="folder with train/ (and optionally val/) pair JPEGs, or the pairs themselves",
+    )
+    p.add_argument(
+        "--output-dir", type=str, default="output", help="folder for the model, history, curves and pictures"
+    )
+    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 16)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="side of the square model input, a multiple of 16 (default: 112 on CPU, 256 on GPU)",
+    )
+    p.add_argument(
+        "--base-filters",
+        type=int,
+        default=None,
+        help="width of the first UNet level; widths double per level (default: 12 on CPU, 64 on GPU)",
+    )
+    p.add_argument(
+        "--learning-rate", type=float, default=2e-3, help="Adam learning rate (peak of the cosine schedule)"
+    )
+    p.add_argument(
+        "--schedule",
+        type=str,
+        default="cosine",
+        choices=["cosine", "constant"],
+        help="learning-rate schedule",
+    )
+    p.add_argument(
+        "--val-split",
+        type=float,
+        default=0.15,
+        help="fraction of train pairs held out for validation when DATA_DIR/val does not exist",
+    )
+    p.add_argument(
+        "--seed", type=int, default=42, help="seed of the split, shuffling, augmentation and initialisation"
+    )
+    p.add_argument(
+        "--precision",
+        type=str,
+        default="auto",
+        choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+        help="dtype policy; auto: mixed_float16 on GPU, float32 on CPU (mixed_bfloat16 on CPUs with bf16 matrix units)",
+    )
+    p.add_argument(
+        "--no-augment", dest="augment", action="store_false", help="turn off the random horizontal flip"
+    )
+    p.add_argument(
+        "--class-weights",
+        type=str,
+        default="auto",
+        choices=["auto", "none"],
+        help="auto: weight the loss per class by the inverse square root of its pixel share in the training split (clipped); none: plain cross-entropy",
+    )
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training pairs (smoke runs)")
+    p.add_argument("--num-preds", type=int, default=4, help="validation samples drawn as pred_N.png")
+    return p
+
+
+def build_plot_parser() -> argparse.ArgumentParser:
+    """The flags of `main.py plot`."""
+    p = argparse.ArgumentParser(
+        prog="main.py plot",
+        description="Draw acc.png, loss.png and miou.png from a run's history.csv, without retraining.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--history", type=str, default="output/history.csv", help="history.csv written by training"
+    )
+    p.add_argument(
+        "--output-dir", type=str, default=None, help="folder for the PNGs (default: the history's folder)"
+    )
+    return p
+
+
+def plot(args: argparse.Namespace) -> None:
+    """Redraw the curves of a finished or running training run."""
+    import utils_func as uf
+    from training import UsageError
+
+    if not os.path.isfile(args.history):
+        raise UsageError(f"--history {args.history}: file not found")
+    try:
+        history = uf.read_history(args.history)
+    except (OSError, ValueError, KeyError, UnicodeDecodeError) as e:
+        raise UsageError(f"--history {args.history}: not a history.csv ({e})") from None
+    if not history or "loss" not in history:
+        raise UsageError(f"--history {args.history}: no epochs in it")
+    out = args.output_dir or os.path.dirname(os.path.abspath(args.history))
+    os.makedirs(out, exist_ok=True)
+    for path in uf.plot_history(history, out):
+        print(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags and run; bad input ends with one line and exit code 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    from training import TrainConfig, UsageError, run_training
+
+    try:
+        if argv[:1] == ["plot"]:
+            plot(build_plot_parser().parse_args(argv[1:]))
+        else:
+            run_training(TrainConfig(**vars(build_parser().parse_args(argv))))
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the best model so far is on disk", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""UNet for semantic segmentation, built from Functional-API block builders.
+
+Every builder takes a tensor and returns one, and names its layers from a
+prefix (``enc2_conv1``), so that a saved model reads like its diagram. The
+model is backend-agnostic: only ``keras.layers`` and ``keras.ops``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+#: Encoder widths of the classic UNet (Ronneberger et al., 2015); the
+#: bottleneck is twice the last one (1024).
+CLASSIC_WIDTHS = (64, 128, 256, 512)
+
+
+def widths_from_base(base_filters: int, depth: int = 4) -> tuple[int, ...]:
+    """Encoder widths that double at each level, starting at ``base_filters``.
+
+    Args:
+        base_filters: Width of the first encoder level (64 is the classic UNet).
+        depth: Number of down-sampling levels.
+
+    Returns:
+        A tuple of ``depth`` widths, e.g. ``(64, 128, 256, 512)`` for 64.
+    """
+    return tuple(base_filters * 2**i for i in range(depth))
+
+
+def conv_block(x, filters: int, prefix: str):
+    """Two 3x3 convolutions, each followed by batch norm and ReLU.
+
+    Args:
+        x: Input tensor, shape `(batch, height, width, channels)`.
+        filters: Output channels of both convolutions.
+        prefix: Name prefix of every layer, e.g. ``"enc1"``.
+
+    Returns:
+        Tensor of shape `(batch, height, width, filters)`.
+    """
+    for i in (1, 2):
+        # No bias: batch norm's offset does the same job.
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{prefix}_conv{i}")(x)
+        # momentum 0.9: the moving statistics keep up with weights that move
+        # fast in short, high-learning-rate runs (0.99 lagged far behind).
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"{prefix}_bn{i}")(x)
+        x = keras.layers.Activation("relu", name=f"{prefix}_relu{i}")(x)
+    return x
+
+
+def down_block(x, filters: int, prefix: str):
+    """Encoder level: a conv block, then 2x2 max pooling.
+
+    Args:
+        x: Input tensor, shape `(batch, H, W, C)`.
+        filters: Width of the level.
+        prefix: Name prefix, e.g. ``"enc1"``.
+
+    Returns:
+        A pair `(pooled, skip)`: `pooled` has shape `(batch, H/2, W/2, filters)`
+        and feeds the next level; `skip` has shape `(batch, H, W, filters)` and
+        feeds the matching decoder level.
+    """
+    skip = conv_block(x, filters, prefix)
+    pooled = keras.layers.MaxPooling2D(2, name=f"{prefix}_pool")(skip)
+    return pooled, skip
+
+
+def bottleneck(x, filters: int, prefix: str = "bottleneck", dropout: float = 0.0):
+    """Lowest level of the UNet: a conv block, optionally with dropout.
+
+    Args:
+        x: Input tensor, shape `(batch, H, W, C)`.
+        filters: Width of the bottleneck (1024 in the classic UNet).
+        prefix: Name prefix.
+        dropout: Dropout rate after the block; 0 disables it.
+
+    Returns:
+        Tensor of shape `(batch, H, W, filters)`.
+    """
+    x = conv_block(x, filters, prefix)
+    if dropout > 0:
+        x = keras.layers.Dropout(dropout, name=f"{prefix}_dropout")(x)
+    return x
+
+
+def up_block(x, skip, filters: int, prefix: str):
+    """Decoder level: 2x2 transposed convolution, concatenation, conv block.
+
+    Args:
+        x: Input from the level below, shape `(batch, H/2, W/2, C)`.
+        skip: Skip tensor from the encoder, shape `(batch, H, W, filters)`.
+        filters: Width of the level.
+        prefix: Name prefix, e.g. ``"dec1"``.
+
+    Returns:
+        Tensor of shape `(batch, H, W, filters)`.
+    """
+    x = keras.layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"{prefix}_upconv")(x)
+    x = keras.layers.Concatenate(name=f"{prefix}_concat")([x, skip])
+    return conv_block(x, filters, prefix)
+
+
+def build_unet(
+    image_size: int = 256,
+    num_classes: int = 19,
+    widths: Sequence[int] = CLASSIC_WIDTHS,
+    bottleneck_filters: int | None = None,
+    dropout: float = 0.0,
+    name: str = "unet",
+) -> keras.Model:
+    """Assemble a UNet from `down_block`, `bottleneck` and `up_block`.
+
+    The model takes raw RGB in 0..255 (any real dtype) and rescales it inside,
+    so a user feeds it photos as they are read. Its last layer is a float32
+    softmax, whatever the mixed-precision policy.
+
+    Args:
+        image_size: Height and width of the square input; must be divisible
+            by `2 ** len(widths)`.
+        num_classes: Number of output classes.
+        widths: Encoder widths, one per down-sampling level.
+        bottleneck_filters: Width of the bottleneck; twice the last width when
+            None (1024 for the classic widths).
+        dropout: Dropout rate in the bottleneck.
+        name: Model name.
+
+    Returns:
+        A `keras.Model` mapping `(batch, image_size, image_size, 3)` RGB to
+        per-pixel class probabilities `(batch, image_size, image_size,
+        num_classes)`, float32.
+    """
+    factor = 2 ** len(widths)
+    if image_size % factor:
+        raise ValueError(
+            f"image size {image_size} is not divisible by {factor} (2 ** {len(widths)} down-sampling levels)"
+        )
+    if bottleneck_filters is None:
+        bottleneck_filters = 2 * widths[-1]
+
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+
+    skips = []
+    for level, filters in enumerate(widths, start=1):
+        x, skip = down_block(x, filters, prefix=f"enc{level}")
+        skips.append(skip)
+
+    x = bottleneck(x, bottleneck_filters, dropout=dropout)
+
+    for level in range(len(widths), 0, -1):
+        x = up_block(x, skips[level - 1], widths[level - 1], prefix=f"dec{level}")
+
+    x = keras.layers.Conv2D(num_classes, 1, name="head_conv")(x)
+    # float32 softmax: stable probabilities under mixed precision.
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="head_softmax")(x)
+    return keras.Model(inputs, outputs, name=name)

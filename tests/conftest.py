@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny synthetic image pairs and the project on sys.path."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+SHARED_TRAIN = os.path.join(ROOT, "..", "shared", "data", "cityscapes_pairs", "train")
+
+
+def make_pair(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic pair: stripes of a few classes, the photo tinted per class.
+
+    Returns:
+        `(pair_rgb, ids)`: uint8 `(size, 2*size, 3)` and the trainIds
+        `(size, size)` drawn in its label half.
+    """
+    from utils_func import CLASSES
+
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((size, size), np.uint8)
+    bands = rng.choice([0, 2, 8, 10, 13], size=4, replace=False)
+    for i, c in enumerate(bands):
+        ids[i * size // 4 : (i + 1) * size // 4] = c
+    ids[: size // 8, : size // 8] = 255  # a void corner, drawn black
+    lut = np.zeros((256, 3), np.uint8)
+    for c in CLASSES:
+        lut[c.train_id] = c.color
+    label = lut[ids]
+    # The photo tells the class by its colour, plus noise: learnable.
+    photo = np.clip(lut[ids].astype(int) // 2 + 60 + rng.integers(-20, 20, (size, size, 3)), 0, 255)
+    return np.concatenate([photo.astype(np.uint8), label], axis=1), ids
+
+
+def write_pairs(folder, count: int, size: int = 32, seed: int = 0) -> list[str]:
+    """Write `count` pair JPEGs (high quality) into `folder`; return paths."""
+    import cv2
+
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i in range(count):
+        pair, _ = make_pair(size, seed + i)
+        p = os.path.join(folder, f"{i + 1}.jpg")
+        cv2.imwrite(p, cv2.cvtColor(pair, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 100])
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """A data folder with `train/` holding 12 synthetic 32x64 pairs."""
+    write_pairs(tmp_path / "data" / "train", 12)
+    return tmp_path / "data"

@@ -1,0 +1,78 @@
+"""Builders and UNet: shapes, names, dtypes."""
+
+import keras
+import numpy as np
+import pytest
+
+from segmentation_model import (
+    CLASSIC_WIDTHS,
+    bottleneck,
+    build_unet,
+    down_block,
+    up_block,
+    widths_from_base,
+)
+
+
+def test_down_block_shapes_and_names():
+    x = keras.Input((32, 32, 3))
+    pooled, skip = down_block(x, 8, "enc1")
+    assert tuple(pooled.shape) == (None, 16, 16, 8)
+    assert tuple(skip.shape) == (None, 32, 32, 8)
+    model = keras.Model(x, [pooled, skip])
+    names = {layer.name for layer in model.layers}
+    assert {"enc1_conv1", "enc1_bn1", "enc1_relu1", "enc1_conv2", "enc1_pool"} <= names
+
+
+def test_bottleneck_and_up_block_shapes():
+    x = keras.Input((8, 8, 16))
+    b = bottleneck(x, 32, dropout=0.5)
+    assert tuple(b.shape) == (None, 8, 8, 32)
+    skip = keras.Input((16, 16, 16))
+    up = up_block(b, skip, 16, "dec2")
+    assert tuple(up.shape) == (None, 16, 16, 16)
+    names = {layer.name for layer in keras.Model([x, skip], up).layers}
+    assert {"bottleneck_conv1", "bottleneck_dropout", "dec2_upconv", "dec2_concat", "dec2_conv2"} <= names
+
+
+def test_widths():
+    assert widths_from_base(64) == CLASSIC_WIDTHS
+    assert widths_from_base(16) == (16, 32, 64, 128)
+
+
+def test_unet_output_shape_probabilities_and_names():
+    model = build_unet(64, 19, widths_from_base(4))
+    x = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).astype("float32")
+    y = model.predict(x, verbose=0)
+    assert y.shape == (2, 64, 64, 19)
+    np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-4)
+    names = [layer.name for layer in model.layers]
+    for level in (1, 2, 3, 4):
+        assert f"enc{level}_conv1" in names and f"dec{level}_upconv" in names
+    assert "bottleneck_conv2" in names and names[-1] == "head_softmax"
+    # Widths 4, 8, 16, 32; the bottleneck is twice the last one.
+    assert model.get_layer("enc4_conv1").filters == 32
+    assert model.get_layer("bottleneck_conv1").filters == 64
+
+
+def test_classic_unet_widths():
+    model = build_unet(256)
+    assert model.get_layer("enc1_conv1").filters == 64
+    assert model.get_layer("bottleneck_conv1").filters == 1024
+    assert model.output_shape == (None, 256, 256, 19)
+
+
+def test_last_layer_float32_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_unet(32, 19, widths_from_base(4))
+        assert model.get_layer("enc1_conv1").compute_dtype == "bfloat16"
+        out = model(np.zeros((1, 32, 32, 3), "float32"))
+        assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_image_size_must_divide():
+    with pytest.raises(ValueError, match="divisible by 16"):
+        build_unet(100, 19, widths_from_base(4))

@@ -1,0 +1,236 @@
+"""Training: a short fit, the best-model checkpoint, save/load, the command line."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from conftest import ROOT, write_pairs  # noqa: E402
+from data_pipeline import make_dataset  # noqa: E402
+from training import (  # noqa: E402
+    BestModelCheckpoint,
+    TrainConfig,
+    build_and_compile,
+)
+
+
+def _tiny_model(steps=1, epochs=1, class_weights=None):
+    cfg = TrainConfig(
+        image_size=32, base_filters=8, batch_size=4, epochs=epochs, learning_rate=1e-2, schedule="constant"
+    )
+    return build_and_compile(cfg, steps_per_epoch=steps, class_weights=class_weights)
+
+
+def test_short_fit_loss_finite_and_falls(tmp_path):
+    keras.utils.set_random_seed(0)
+    paths = write_pairs(tmp_path, 8, size=32)
+    ds = make_dataset(paths, 32, 8, training=True, seed=0, augment=False)
+    model = _tiny_model(steps=1, epochs=30)
+    hist = model.fit(ds, epochs=30, verbose=0, shuffle=False).history["loss"]
+    assert all(np.isfinite(hist))
+    assert np.mean(hist[-3:]) < 0.7 * np.mean(hist[:3])
+
+
+def test_checkpoint_replaces_only_on_improvement(tmp_path):
+    path = str(tmp_path / "best.keras")
+    model = _tiny_model()
+    cb = BestModelCheckpoint(path)
+    cb.set_model(model)
+    cb.on_epoch_end(0, {"val_mean_iou": 0.30})
+    first = os.stat(path).st_mtime_ns
+    saved_kernel = keras.models.load_model(path).get_layer("head_conv").get_weights()[0]
+    # Change the weights: a worse or equal or NaN epoch must not be saved.
+    model.get_layer("head_conv").set_weights([w + 1 for w in model.get_layer("head_conv").get_weights()])
+    for value in (0.20, 0.30, float("nan")):
+        cb.on_epoch_end(1, {"val_mean_iou": value})
+    assert os.stat(path).st_mtime_ns == first
+    np.testing.assert_array_equal(
+        keras.models.load_model(path).get_layer("head_conv").get_weights()[0], saved_kernel
+    )
+    cb.on_epoch_end(2, {"val_mean_iou": 0.35})
+    assert cb.best == 0.35 and cb.best_epoch == 2
+    assert not np.array_equal(
+        keras.models.load_model(path).get_layer("head_conv").get_weights()[0], saved_kernel
+    )
+    assert sorted(os.listdir(tmp_path)) == ["best.keras"]  # no temporary files left
+
+
+def test_save_load_in_fresh_process_without_project(tmp_path):
+    keras.utils.set_random_seed(1)
+    model = _tiny_model(class_weights=np.linspace(0.5, 3, 19))
+    x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    model.fit(x, np.eye(19, dtype="float32")[np.zeros((2, 32, 32), int)], epochs=1, verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", model.predict(x, verbose=0))
+    script = (
+        "import sys, numpy as np, keras\n"
+        "assert not any(p.endswith('main') for p in sys.path if p)\n"
+        "m = keras.models.load_model('m.keras')\n"  # compile=True: loss and metrics too
+        "for mod in ('segmentation_model', 'training', 'utils_func'):\n"
+        "    assert mod not in sys.modules\n"
+        "y = m.predict(np.load('x.npy'), verbose=0)\n"
+        "np.testing.assert_allclose(y, np.load('y.npy'), atol=1e-5)\n"
+        "print('OK', m.loss.__class__.__name__, m.loss.alpha[-1])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "OK CategoricalFocalCrossentropy 3.0" in r.stdout
+
+
+def _main(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "main.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
+
+
+def test_main_end_to_end_tiny(tiny_data, tmp_path):
+    out = tmp_path / "out"
+    r = _main(
+        "--data-dir",
+        tiny_data,
+        "--output-dir",
+        out,
+        "--epochs",
+        2,
+        "--image-size",
+        32,
+        "--base-filters",
+        4,
+        "--batch-size",
+        4,
+        "--num-preds",
+        2,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    for name in (
+        "unet_model.keras",
+        "history.csv",
+        "config.json",
+        "classes.json",
+        "acc.png",
+        "loss.png",
+        "miou.png",
+        "pred_1.png",
+        "pred_2.png",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "model_arch.png").exists() or (out / "model_arch.txt").exists()
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert {
+        "loss",
+        "accuracy",
+        "mean_iou",
+        "val_loss",
+        "val_accuracy",
+        "val_mean_iou",
+        "learning_rate",
+    } <= set(rows[0])
+    cfg = json.load(open(out / "config.json"))
+    assert cfg["image_size"] == 32 and cfg["train_files"] + cfg["val_files"] == 12
+    assert len(json.load(open(out / "classes.json"))) == 19
+    assert "Best validation mean IoU" in r.stdout
+    model = keras.models.load_model(out / "unet_model.keras", compile=False)
+    assert model.output_shape == (None, 32, 32, 19)
+
+    # A second run keeps the first run's model instead of overwriting it.
+    r2 = _main(
+        "--data-dir",
+        tiny_data,
+        "--output-dir",
+        out,
+        "--epochs",
+        1,
+        "--image-size",
+        32,
+        "--base-filters",
+        4,
+        "--batch-size",
+        4,
+        "--num-preds",
+        0,
+    )
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    kept = [n for n in os.listdir(out) if n.startswith("unet_model.") and n != "unet_model.keras"]
+    assert len(kept) == 1 and "kept as" in r2.stdout
+
+
+def test_main_skips_bad_files_and_goes_on(tiny_data, tmp_path):
+    (tiny_data / "train" / "broken.jpg").write_bytes(b"not an image")
+    (tiny_data / "train" / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    r = _main(
+        "--data-dir",
+        tiny_data,
+        "--output-dir",
+        out,
+        "--epochs",
+        1,
+        "--image-size",
+        32,
+        "--base-filters",
+        4,
+        "--num-preds",
+        0,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Skipped 2 unusable files" in r.stdout
+    assert len((out / "skipped.txt").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--epochs", "0"], "--epochs 0"),
+        (["--image-size", "-32"], "--image-size -32"),
+        (["--image-size", "100"], "--image-size 100"),
+        (["--batch-size", "0"], "--batch-size 0"),
+        (["--val-split", "1.5"], "--val-split 1.5"),
+        (["--data-dir", "/nonexistent/folder"], "--data-dir /nonexistent/folder: folder not found"),
+    ],
+)
+def test_main_bad_flags_one_line(args, needle, tmp_path):
+    r = _main(*args, "--output-dir", tmp_path / "o", cwd=tmp_path)
+    assert r.returncode == 2
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_main_empty_or_unusable_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = _main("--data-dir", tmp_path / "empty", "--output-dir", tmp_path / "o")
+    assert r.returncode == 2 and "no .jpg files" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "1.jpg").write_bytes(b"junk")
+    r = _main("--data-dir", bad, "--output-dir", tmp_path / "o")
+    assert r.returncode == 2 and "no usable pair among 1 JPEG files" in r.stderr
+
+
+def test_plot_from_history_without_retraining(tmp_path):
+    hist = tmp_path / "history.csv"
+    hist.write_text(
+        "epoch,loss,accuracy,mean_iou,val_loss,val_accuracy,val_mean_iou,learning_rate\n"
+        "0,1.5,0.6,0.2,1.4,0.62,0.21,0.002\n"
+        "1,1.1,0.7,0.3,1.2,0.68,0.27,0.001\n"
+    )
+    r = _main("plot", "--history", hist, "--output-dir", tmp_path / "curves")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ("acc.png", "loss.png", "miou.png"):
+        assert (tmp_path / "curves" / name).stat().st_size > 5000
+    r = _main("plot", "--history", tmp_path / "missing.csv")
+    assert r.returncode == 2 and "--history" in r.stderr and "Traceback" not in r.stderr

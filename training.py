@@ -1,0 +1,587 @@
+"""Training: configuration, precision, callbacks and the end-to-end run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+import utils_func as uf
+from model_arch import get_model_arch
+from segmentation_model import build_unet, widths_from_base
+
+MODEL_FILE = "unet_model.keras"
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+CLASS_WEIGHTS = ("auto", "none")
+SCHEDULES = ("cosine", "constant")
+DEPTH = 4  # down-sampling levels of the UNet
+
+# Defaults by machine. On 2 CPU cores a training step of the UNet runs at
+# about 14 images/s at 128x128 with 16 base filters and 17-20 with 12; a
+# full epoch with validation took 155-200 s at 128x128 / 12 (shared machines
+# vary), too close to the 30-minute budget for 10 epochs over the 2975
+# pairs. 112x112 / 12 takes about 0.77 of that. A GPU takes the classic UNet
+# at the data's 256x256.
+CPU_DEFAULTS = {"image_size": 112, "base_filters": 12, "batch_size": 16}
+GPU_DEFAULTS = {"image_size": 256, "base_filters": 64, "batch_size": 16}
+
+
+class UsageError(ValueError):
+    """A bad flag or input; the message is one line naming it."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as `config.json`.
+
+    None means "choose for this machine" (see `resolve_config`).
+    """
+
+    data_dir: str = "images"
+    output_dir: str = "output"
+    epochs: int = 10
+    batch_size: int | None = None
+    image_size: int | None = None
+    base_filters: int | None = None
+    learning_rate: float = 2e-3
+    schedule: str = "cosine"
+    val_split: float = 0.15
+    seed: int = 42
+    precision: str = "auto"
+    augment: bool = True
+    class_weights: str = "auto"
+    limit: int | None = None
+    num_preds: int = 4
+
+
+def gpu_available() -> bool:
+    """Whether the active Keras backend sees a GPU."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether the CPU has bf16 matrix units (AMX) or AVX-512 BF16."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(requested: str, on_gpu: bool) -> tuple[str, str]:
+    """Pick the mixed-precision policy.
+
+    Args:
+        requested: One of `PRECISIONS`.
+        on_gpu: Whether a GPU is visible.
+
+    Returns:
+        `(policy, reason)`.
+    """
+    if requested != "auto":
+        return requested, "as requested"
+    if on_gpu:
+        return "mixed_float16", "GPU visible: float16 tensor cores, dynamic loss scaling"
+    if cpu_has_bf16_matmul():
+        return "mixed_bfloat16", "CPU with bf16 matrix units (AMX / AVX-512 BF16)"
+    return "float32", "CPU without bf16 matrix units: bfloat16 would be slower here"
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Raise `UsageError` naming the first flag whose value cannot work."""
+    checks = [
+        (cfg.epochs >= 1, "--epochs", cfg.epochs, "must be at least 1"),
+        (cfg.batch_size is None or cfg.batch_size >= 1, "--batch-size", cfg.batch_size, "must be at least 1"),
+        (
+            cfg.base_filters is None or cfg.base_filters >= 1,
+            "--base-filters",
+            cfg.base_filters,
+            "must be at least 1",
+        ),
+        (
+            cfg.learning_rate > 0 and math.isfinite(cfg.learning_rate),
+            "--learning-rate",
+            cfg.learning_rate,
+            "must be a positive number",
+        ),
+        (0 < cfg.val_split < 1, "--val-split", cfg.val_split, "must be between 0 and 1 (exclusive)"),
+        (
+            cfg.limit is None or cfg.limit >= 2,
+            "--limit",
+            cfg.limit,
+            "must be at least 2 (one train and one validation pair)",
+        ),
+        (cfg.num_preds >= 0, "--num-preds", cfg.num_preds, "must be 0 or more"),
+        (
+            cfg.precision in PRECISIONS,
+            "--precision",
+            cfg.precision,
+            f"must be one of {', '.join(PRECISIONS)}",
+        ),
+        (cfg.schedule in SCHEDULES, "--schedule", cfg.schedule, f"must be one of {', '.join(SCHEDULES)}"),
+        (
+            cfg.class_weights in CLASS_WEIGHTS,
+            "--class-weights",
+            cfg.class_weights,
+            f"must be one of {', '.join(CLASS_WEIGHTS)}",
+        ),
+    ]
+    if cfg.image_size is not None:
+        factor = 2**DEPTH
+        checks.append(
+            (
+                cfg.image_size >= factor and cfg.image_size % factor == 0,
+                "--image-size",
+                cfg.image_size,
+                f"must be a positive multiple of {factor} (2^{DEPTH} down-sampling levels)",
+            )
+        )
+    for ok, flag, value, why in checks:
+        if not ok:
+            raise UsageError(f"{flag} {value}: {why}")
+
+
+def resolve_config(cfg: TrainConfig, on_gpu: bool) -> tuple[TrainConfig, str, list[str]]:
+    """Fill the machine-dependent defaults and choose the precision.
+
+    Args:
+        cfg: Configuration with None for "choose".
+        on_gpu: Whether a GPU is visible.
+
+    Returns:
+        `(resolved_config, precision_policy, reasons)`: reasons are lines
+        saying what was chosen and why.
+    """
+    validate_config(cfg)
+    defaults, where = (GPU_DEFAULTS, "GPU") if on_gpu else (CPU_DEFAULTS, "CPU")
+    why_default = {
+        "image_size": "the classic UNet at the data's full 256x256"
+        if on_gpu
+        else "10 epochs over the 2975 pairs fit in 30 min on 2 cores, with margin",
+        "base_filters": "classic widths 64..512, 1024 bottleneck"
+        if on_gpu
+        else "widths 12..96, 192 bottleneck: the widest that fits 30 min on 2 cores",
+        "batch_size": "fills the machine without running out of memory",
+    }
+    reasons = []
+    changes = {}
+    for key, value in defaults.items():
+        if getattr(cfg, key) is None:
+            changes[key] = value
+            reasons.append(f"{key} = {value} ({where} default: {why_default[key]})")
+        else:
+            reasons.append(f"{key} = {getattr(cfg, key)} (from the command line)")
+    cfg = dataclasses.replace(cfg, **changes)
+    validate_config(cfg)
+    policy, why = resolve_precision(cfg.precision, on_gpu)
+    reasons.append(f"precision = {policy} ({why})")
+    return cfg, policy, reasons
+
+
+def save_model_atomic(model: keras.Model, path: str) -> None:
+    """Save a model to a temporary file beside `path`, then rename it.
+
+    A crash mid-save leaves the earlier file as it was.
+
+    Args:
+        model: Model to save.
+        path: Destination `.keras` path.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Keep the model with the best validation mean IoU on disk, atomically.
+
+    Args:
+        path: Destination `.keras` file.
+        monitor: Log key to maximise.
+    """
+
+    def __init__(self, path: str, monitor: str = "val_mean_iou"):
+        super().__init__()
+        self.path = path
+        self.monitor = monitor
+        self.best = -math.inf
+        self.best_epoch: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(value) or value <= self.best:
+            return
+        save_model_atomic(self.model, self.path)
+        print(
+            f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.4f} to "
+            f"{value:.4f}, saved {self.path}",
+            flush=True,
+        )
+        self.best, self.best_epoch = float(value), epoch
+
+
+# OneHotMeanIoU keeps an integer confusion matrix (exact counts; float32
+# would drop increments past 2**24 pixels) and warns that float weights are
+# cast to int. Ours are exactly 0 (ignored) or 1, so the cast is exact.
+warnings.filterwarnings("ignore", message="You are passing weight as `float`")
+
+HISTORY_KEYS = (
+    "loss",
+    "accuracy",
+    "mean_iou",
+    "val_loss",
+    "val_accuracy",
+    "val_mean_iou",
+    "learning_rate",
+)
+
+
+class HistoryCSV(keras.callbacks.Callback):
+    """Write `history.csv` after every epoch, atomically, with the learning rate.
+
+    Args:
+        path: Destination CSV.
+    """
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.rows: list[dict] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.rows.append({"epoch": epoch, **{k: logs.get(k, float("nan")) for k in HISTORY_KEYS}})
+        lines = [",".join(("epoch",) + HISTORY_KEYS)]
+        for r in self.rows:
+            lines.append(",".join([str(r["epoch"])] + [f"{float(r[k]):.6g}" for k in HISTORY_KEYS]))
+        uf.atomic_write_text(self.path, "\n".join(lines) + "\n")
+
+    def columns(self) -> dict[str, list[float]]:
+        """The history so far, as columns."""
+        keys = ("epoch",) + HISTORY_KEYS
+        return {k: [float(r[k]) for r in self.rows] for k in keys}
+
+
+def make_loss(class_weights: np.ndarray | None = None) -> keras.losses.Loss:
+    """Categorical cross-entropy averaged over the labelled pixels.
+
+    Ignored pixels have weight 0 (the sample weights) and an all-zero one-hot
+    row; `mean_with_sample_weight` divides by the number of labelled pixels.
+    With class weights, Keras' `CategoricalFocalCrossentropy` with `gamma=0`
+    is exactly class-weighted cross-entropy (`alpha` per class), and stays a
+    built-in that loads without this project.
+
+    Args:
+        class_weights: Per-class weights `(num_classes,)`, or None.
+
+    Returns:
+        A Keras loss.
+    """
+    if class_weights is None:
+        return keras.losses.CategoricalCrossentropy(reduction="mean_with_sample_weight")
+    return keras.losses.CategoricalFocalCrossentropy(
+        alpha=[round(float(w), 4) for w in class_weights],
+        gamma=0.0,
+        reduction="mean_with_sample_weight",
+        name="weighted_categorical_crossentropy",
+    )
+
+
+def build_and_compile(
+    cfg: TrainConfig,
+    steps_per_epoch: int,
+    class_weights: np.ndarray | None = None,
+    jit_compile: bool | str = "auto",
+) -> keras.Model:
+    """Build the UNet of `cfg` and compile it with Adam, CE and the metrics.
+
+    The loss and metrics are Keras built-ins fed per-pixel sample weights (0
+    on ignored pixels), so the saved model loads without this project.
+
+    Args:
+        cfg: Resolved configuration.
+        steps_per_epoch: Batches per epoch (for the cosine schedule).
+        class_weights: Per-class loss weights `(num_classes,)`, or None.
+        jit_compile: Passed to `Model.compile` (XLA).
+
+    Returns:
+        A compiled model.
+    """
+    model = build_unet(cfg.image_size, uf.NUM_CLASSES, widths_from_base(cfg.base_filters, DEPTH))
+    lr = cfg.learning_rate
+    if cfg.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(
+            cfg.learning_rate, decay_steps=max(1, cfg.epochs * steps_per_epoch), alpha=0.02
+        )
+    model.compile(
+        # Under mixed_float16, compile() wraps Adam in a LossScaleOptimizer
+        # (dynamic loss scaling).
+        optimizer=keras.optimizers.Adam(lr),
+        loss=make_loss(class_weights),
+        # weighted_metrics, not metrics: Keras hands the sample weights (0 on
+        # ignored pixels) only to these. Plain `metrics` would count void
+        # pixels as class 0.
+        weighted_metrics=[
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.OneHotMeanIoU(num_classes=uf.NUM_CLASSES, name="mean_iou"),
+        ],
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def find_data(cfg: TrainConfig) -> tuple[list[str], list[str], str, list[tuple[str, str]]]:
+    """Locate the train and validation pair files of `cfg.data_dir`.
+
+    `DIR/train` (else `DIR` itself) holds training pairs; `DIR/val`, when it
+    exists, is the validation split, else a seeded `val_split` fraction of
+    the training pairs is held out.
+
+    Args:
+        cfg: Configuration.
+
+    Returns:
+        `(train_files, val_files, val_source, skipped)`.
+
+    Raises:
+        UsageError: If the folder is missing or holds no usable pair.
+    """
+    from data_pipeline import list_images, scan_pairs, split_train_val
+
+    root = cfg.data_dir
+    if not os.path.isdir(root):
+        raise UsageError(f"--data-dir {root}: folder not found (put the Cityscapes pairs in {root}/train)")
+    train_dir = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else root
+    val_dir = os.path.join(root, "val")
+    pool = list_images(train_dir)
+    if cfg.limit:
+        pool = pool[: cfg.limit]
+    good, skipped = scan_pairs(pool)
+    if not good:
+        what = f"no usable pair among {len(pool)} JPEG files" if pool else "no .jpg files"
+        raise UsageError(f"--data-dir {root}: {what} in {train_dir}")
+    if os.path.isdir(val_dir) and list_images(val_dir):
+        val_pool = list_images(val_dir)
+        if cfg.limit:
+            val_pool = val_pool[: cfg.limit]
+        val, val_skipped = scan_pairs(val_pool)
+        skipped += val_skipped
+        if not val:
+            raise UsageError(f"--data-dir {root}: no usable pair in {val_dir}")
+        return good, val, f"folder {val_dir}", skipped
+    if len(good) < 2:
+        raise UsageError(
+            f"--data-dir {root}: only {len(good)} usable pair; need 2 or more to hold out validation"
+        )
+    train, val = split_train_val(good, cfg.val_split, cfg.seed)
+    return train, val, f"seeded {cfg.val_split:.0%} of {train_dir} (seed {cfg.seed})", skipped
+
+
+def keep_earlier_model(path: str) -> str | None:
+    """Rename an existing model file so a new run cannot destroy it.
+
+    Args:
+        path: Model path about to be written by a new run.
+
+    Returns:
+        The new name of the earlier model, or None when there was none.
+    """
+    if not os.path.exists(path):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(path)))
+    root, ext = os.path.splitext(path)
+    kept = f"{root}.{stamp}{ext}"
+    n = 1
+    while os.path.exists(kept):
+        kept = f"{root}.{stamp}-{n}{ext}"
+        n += 1
+    os.replace(path, kept)
+    return kept
+
+
+def write_prediction_panels(
+    model: keras.Model, files: list[str], image_size: int, output_dir: str
+) -> list[str]:
+    """Predict `files` and save photo | ground truth | prediction panels.
+
+    Args:
+        model: Trained model.
+        files: Pair files to show.
+        image_size: Model input side.
+        output_dir: Folder for `pred_1.png` ... `pred_N.png`.
+
+    Returns:
+        Paths written.
+    """
+    import tensorflow as tf
+
+    from data_pipeline import decode_pair
+
+    paths = []
+    for i, f in enumerate(files, start=1):
+        photo, ids = (t.numpy() for t in decode_pair(tf.constant(f), image_size))
+        probs = model.predict(photo[None].astype(np.float32), verbose=0)[0]
+        pred = probs.argmax(-1)
+        valid = ids != uf.IGNORE_ID
+        acc = float((pred[valid] == ids[valid]).mean()) if valid.any() else float("nan")
+        path = os.path.join(output_dir, f"pred_{i}.png")
+        uf.save_prediction_panel(
+            path, photo, ids, pred, title=f"{os.path.basename(f)}: pixel accuracy {acc:.3f}"
+        )
+        paths.append(path)
+    return paths
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    """Train the UNet end to end and write every output of a run.
+
+    Args:
+        cfg: Configuration (None fields are chosen for the machine).
+
+    Returns:
+        A summary dict: best validation mean IoU and epoch, output paths.
+
+    Raises:
+        UsageError: For bad flags or data.
+    """
+    from data_pipeline import class_frequencies, decoded_dataset, make_dataset
+
+    t_start = time.perf_counter()
+    on_gpu = gpu_available()
+    cfg, policy, reasons = resolve_config(cfg, on_gpu)
+    train_files, val_files, val_source, skipped = find_data(cfg)
+
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    out = lambda name: os.path.join(cfg.output_dir, name)  # noqa: E731
+    model_path = out(MODEL_FILE)
+
+    print(f"Keras {keras.__version__}, backend {keras.backend.backend()}, {'GPU' if on_gpu else 'CPU'}")
+    print("Configuration:")
+    for line in reasons:
+        print(f"  {line}")
+    print(f"  epochs = {cfg.epochs}, learning_rate = {cfg.learning_rate} ({cfg.schedule}), seed = {cfg.seed}")
+    print(f"Data: {len(train_files)} training pairs, {len(val_files)} validation pairs ({val_source})")
+    if skipped:
+        with open(out("skipped.txt"), "w") as f:
+            f.writelines(f"{p}\t{why}\n" for p, why in skipped)
+        names = ", ".join(f"{os.path.basename(p)} ({why})" for p, why in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        print(f"Skipped {len(skipped)} unusable files: {names}{more} (list: {out('skipped.txt')})")
+
+    kept = keep_earlier_model(model_path)
+    if kept:
+        print(f"An earlier model was in {cfg.output_dir}: kept as {kept}")
+
+    # ignore_errors() hides the dataset's length, so Keras finds the end of
+    # the first epoch by running out of data; that is expected here.
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
+    keras.utils.set_random_seed(cfg.seed)
+    keras.mixed_precision.set_global_policy(policy)
+    decoded = decoded_dataset(train_files, cfg.image_size)
+    weights = None
+    if cfg.class_weights == "auto":
+        t0 = time.perf_counter()
+        freq = class_frequencies(decoded)  # also fills the decode cache
+        weights = uf.class_weights(freq)
+        print(
+            f"Decoded {len(train_files)} training pairs in {time.perf_counter() - t0:.0f} s; class weights:"
+        )
+        print("  " + ", ".join(f"{c.name} {w:.2f}" for c, w in zip(uf.CLASSES, weights, strict=True)))
+    train_ds = make_dataset(decoded, cfg.image_size, cfg.batch_size, True, cfg.seed, cfg.augment)
+    val_ds = make_dataset(val_files, cfg.image_size, cfg.batch_size, False)
+    # TensorFlow's CPU kernels run bfloat16 slowly unless XLA compiles them
+    # (8x slower than float32 without XLA on an AVX2 CPU, on par with it).
+    # CPUs with bf16 units run it natively through oneDNN.
+    slow_bf16 = policy == "mixed_bfloat16" and not on_gpu and not cpu_has_bf16_matmul()
+    jit = True if slow_bf16 else "auto"
+    model = build_and_compile(cfg, math.ceil(len(train_files) / cfg.batch_size), weights, jit_compile=jit)
+
+    uf.write_json(
+        out("config.json"),
+        {
+            **dataclasses.asdict(cfg),
+            "precision_policy": policy,
+            "train_files": len(train_files),
+            "val_files": len(val_files),
+            "val_source": val_source,
+            "keras_backend": keras.backend.backend(),
+            "class_weight_values": None if weights is None else [round(float(w), 4) for w in weights],
+        },
+    )
+    uf.write_json(out("classes.json"), uf.classes_table())
+    arch = get_model_arch(model, cfg.output_dir)
+    print(f"Model: {model.count_params():,} parameters; architecture in {arch}")
+
+    checkpoint = BestModelCheckpoint(model_path)
+    history = HistoryCSV(out("history.csv"))
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=cfg.epochs,
+        callbacks=[checkpoint, history, keras.callbacks.TerminateOnNaN()],
+        # The datasets shuffle themselves (seeded).
+        shuffle=False,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    curves = uf.plot_history(history.columns(), cfg.output_dir)
+
+    panels = []
+    if checkpoint.best_epoch is not None:
+        best = keras.models.load_model(model_path)
+        panels = write_prediction_panels(best, val_files[: cfg.num_preds], cfg.image_size, cfg.output_dir)
+
+    elapsed = time.perf_counter() - t_start
+    summary = {
+        "best_val_mean_iou": checkpoint.best if checkpoint.best_epoch is not None else None,
+        "best_epoch": None if checkpoint.best_epoch is None else checkpoint.best_epoch + 1,
+        "model": model_path if checkpoint.best_epoch is not None else None,
+        "seconds": round(elapsed, 1),
+    }
+    print(f"\nDone in {elapsed / 60:.1f} min. Outputs in {cfg.output_dir}/:")
+    if summary["model"]:
+        print(
+            f"  {MODEL_FILE:18s} best model (epoch {summary['best_epoch']}, val mean IoU {checkpoint.best:.4f})"
+        )
+    else:
+        print("  no model saved: validation mean IoU was never finite")
+    for name, what in (
+        ("history.csv", "per-epoch loss, accuracy, mean IoU (train and val), learning rate"),
+        ("config.json", "the resolved configuration"),
+        ("classes.json", "the 19 classes: name, trainId, colour"),
+        (os.path.basename(arch), "model architecture"),
+    ):
+        print(f"  {name:18s} {what}")
+    for p in curves:
+        print(f"  {os.path.basename(p):18s} curve, train and validation")
+    if panels:
+        print(f"  pred_1..{len(panels)}.png       photo | ground truth | prediction")
+    if summary["best_val_mean_iou"] is not None:
+        print(f"Best validation mean IoU: {checkpoint.best:.4f} (epoch {summary['best_epoch']})")
+    return summary

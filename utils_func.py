@@ -1,0 +1,335 @@
+"""Cityscapes class table, label decoding, colourising and plotting helpers.
+
+The one table of classes lives here (`LABELS`); everything else (the 19
+trained classes, the decoding palette, the colours of predictions, the
+categories) is derived from it. The functions are pure NumPy so that they
+serve the tf.data pipeline's tests, prediction and plotting alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+#: Class id given to void, non-trained and undecidable pixels. The loss and
+#: every metric give these pixels zero weight.
+IGNORE_ID = 255
+
+
+class Label(NamedTuple):
+    """One Cityscapes label, as in cityscapesScripts' ``helpers/labels.py``."""
+
+    name: str
+    id: int  # labelId 0..33
+    train_id: int  # 0..18, or IGNORE_ID when not trained
+    category: str
+    color: tuple[int, int, int]
+
+
+# cityscapesScripts helpers/labels.py, labelIds 0..33 (license plate, -1, is
+# absent from the colour images and left out).
+LABELS: tuple[Label, ...] = (
+    Label("unlabeled", 0, IGNORE_ID, "void", (0, 0, 0)),
+    Label("ego vehicle", 1, IGNORE_ID, "void", (0, 0, 0)),
+    Label("rectification border", 2, IGNORE_ID, "void", (0, 0, 0)),
+    Label("out of roi", 3, IGNORE_ID, "void", (0, 0, 0)),
+    Label("static", 4, IGNORE_ID, "void", (0, 0, 0)),
+    Label("dynamic", 5, IGNORE_ID, "void", (111, 74, 0)),
+    Label("ground", 6, IGNORE_ID, "void", (81, 0, 81)),
+    Label("road", 7, 0, "flat", (128, 64, 128)),
+    Label("sidewalk", 8, 1, "flat", (244, 35, 232)),
+    Label("parking", 9, IGNORE_ID, "flat", (250, 170, 160)),
+    Label("rail track", 10, IGNORE_ID, "flat", (230, 150, 140)),
+    Label("building", 11, 2, "construction", (70, 70, 70)),
+    Label("wall", 12, 3, "construction", (102, 102, 156)),
+    Label("fence", 13, 4, "construction", (190, 153, 153)),
+    Label("guard rail", 14, IGNORE_ID, "construction", (180, 165, 180)),
+    Label("bridge", 15, IGNORE_ID, "construction", (150, 100, 100)),
+    Label("tunnel", 16, IGNORE_ID, "construction", (150, 120, 90)),
+    Label("pole", 17, 5, "object", (153, 153, 153)),
+    Label("polegroup", 18, IGNORE_ID, "object", (153, 153, 153)),
+    Label("traffic light", 19, 6, "object", (250, 170, 30)),
+    Label("traffic sign", 20, 7, "object", (220, 220, 0)),
+    Label("vegetation", 21, 8, "nature", (107, 142, 35)),
+    Label("terrain", 22, 9, "nature", (152, 251, 152)),
+    Label("sky", 23, 10, "sky", (70, 130, 180)),
+    Label("person", 24, 11, "human", (220, 20, 60)),
+    Label("rider", 25, 12, "human", (255, 0, 0)),
+    Label("car", 26, 13, "vehicle", (0, 0, 142)),
+    Label("truck", 27, 14, "vehicle", (0, 0, 70)),
+    Label("bus", 28, 15, "vehicle", (0, 60, 100)),
+    Label("caravan", 29, IGNORE_ID, "vehicle", (0, 0, 90)),
+    Label("trailer", 30, IGNORE_ID, "vehicle", (0, 0, 110)),
+    Label("train", 31, 16, "vehicle", (0, 80, 100)),
+    Label("motorcycle", 32, 17, "vehicle", (0, 0, 230)),
+    Label("bicycle", 33, 18, "vehicle", (119, 11, 32)),
+)
+
+#: The 19 trained classes in trainId order.
+CLASSES: tuple[Label, ...] = tuple(
+    sorted((lab for lab in LABELS if lab.train_id != IGNORE_ID), key=lambda lab: lab.train_id)
+)
+NUM_CLASSES = len(CLASSES)
+CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
+#: The 7 Cityscapes categories that hold trained classes, in their usual order.
+CATEGORIES: tuple[str, ...] = ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
+
+# Labels farther than this (RGB Euclidean distance) from every palette colour
+# are ignored. Why 60: on the real pairs 91% of label pixels lie within 30 of
+# a palette colour and 99% within 60; the rest are JPEG blends across class
+# edges. The midpoint of two palette colours more than 120 apart (road and
+# sidewalk, car and sky, ...) is over 60 from both, so such blends are
+# dropped, while 30 would throw away the blurred but unambiguous rims of thin
+# classes (poles, signs) where most of their pixels are. Close pairs
+# (bus/train, truck/caravan, 20 apart) are settled by the nearest colour.
+MAX_COLOR_DISTANCE = 60.0
+
+
+def decode_palette() -> tuple[np.ndarray, np.ndarray]:
+    """Distinct colours of labelIds 0..33 and the trainId each decodes to.
+
+    Colours shared by several labels (black for the void labels, pole and
+    polegroup's grey) appear once; a shared colour takes the first label's
+    trainId, which is IGNORE_ID for black and pole (5) for the grey.
+
+    Returns:
+        A pair `(colors, train_ids)`: `colors` is uint8 of shape `(29, 3)`,
+        `train_ids` is uint8 of shape `(29,)` with IGNORE_ID for void and
+        non-trained labels.
+    """
+    colors: list[tuple[int, int, int]] = []
+    train_ids: list[int] = []
+    for lab in LABELS:
+        if lab.color in colors:
+            continue
+        colors.append(lab.color)
+        # polegroup (ignored) shares pole's colour; pole is listed first.
+        train_ids.append(lab.train_id)
+    return np.array(colors, np.uint8), np.array(train_ids, np.uint8)
+
+
+def colors_to_ids(label_rgb: np.ndarray, max_distance: float = MAX_COLOR_DISTANCE) -> np.ndarray:
+    """Decode a Cityscapes colour label image to trainIds by nearest colour.
+
+    Args:
+        label_rgb: uint8 array of shape `(H, W, 3)`, RGB.
+        max_distance: Pixels farther than this from every palette colour
+            become IGNORE_ID.
+
+    Returns:
+        uint8 array of shape `(H, W)` with values in 0..18 or IGNORE_ID.
+    """
+    colors, train_ids = decode_palette()
+    rgb = label_rgb.reshape(-1, 1, 3).astype(np.int32)
+    d2 = ((rgb - colors[None].astype(np.int32)) ** 2).sum(-1)  # (H*W, 29)
+    nearest = d2.argmin(-1)
+    ids = train_ids[nearest]
+    ids[d2.min(-1) > max_distance**2] = IGNORE_ID
+    return ids.reshape(label_rgb.shape[:2])
+
+
+def one_hot(ids: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """One-hot encode class ids; ignored pixels get an all-zero row.
+
+    Args:
+        ids: Integer array of shape `(...)`.
+        num_classes: Depth of the encoding.
+
+    Returns:
+        float32 array of shape `(..., num_classes)`.
+    """
+    eye = np.eye(num_classes, dtype=np.float32)
+    out = np.zeros(ids.shape + (num_classes,), np.float32)
+    valid = ids < num_classes
+    out[valid] = eye[ids[valid]]
+    return out
+
+
+def class_weights(frequencies: np.ndarray, power: float = 0.5, max_weight: float = 10.0) -> np.ndarray:
+    """Per-class loss weights that lift rare classes: `f ** -power`.
+
+    Inverse square root (power 0.5) is milder than inverse frequency: rare
+    classes (rider, motorcycle: under 0.1% of pixels) get about 20x the weight
+    of road, not 500x. Weights are scaled so that their pixel-weighted mean is
+    1 (the loss keeps its scale), then clipped to `[1 / max_weight,
+    max_weight]`. Classes absent from the data get `max_weight`.
+
+    Args:
+        frequencies: Share of pixels per class, shape `(num_classes,)`.
+        power: Exponent; 0 gives all ones, 1 inverse frequency.
+        max_weight: Clip bound.
+
+    Returns:
+        float32 array `(num_classes,)`.
+    """
+    f = np.asarray(frequencies, np.float64)
+    w = np.full_like(f, max_weight)
+    present = f > 0
+    w[present] = f[present] ** -power
+    if present.any():
+        w[present] /= (f[present] * w[present]).sum() / f[present].sum()
+    return np.clip(w, 1.0 / max_weight, max_weight).astype(np.float32)
+
+
+def colorize(ids: np.ndarray) -> np.ndarray:
+    """Paint class ids with the Cityscapes colours; ignored pixels are black.
+
+    Args:
+        ids: Integer array of shape `(H, W)` with trainIds or IGNORE_ID.
+
+    Returns:
+        uint8 RGB array of shape `(H, W, 3)`.
+    """
+    lut = np.zeros((256, 3), np.uint8)
+    for c in CLASSES:
+        lut[c.train_id] = c.color
+    return lut[np.asarray(ids, np.uint8)]
+
+
+def classes_table() -> list[dict]:
+    """The 19 trained classes as JSON-ready records.
+
+    Returns:
+        A list of `{"name", "trainId", "color", "category"}` dicts in trainId
+        order.
+    """
+    return [
+        {"name": c.name, "trainId": c.train_id, "color": list(c.color), "category": c.category}
+        for c in CLASSES
+    ]
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write a text file atomically: a temporary file beside it, then rename.
+
+    Args:
+        path: Destination path.
+        text: Content.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        # mkstemp makes the file private; give it the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str, obj) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_history(path: str) -> dict[str, list[float]]:
+    """Read a `history.csv` into columns.
+
+    Args:
+        path: CSV with an `epoch` column and one column per logged value.
+
+    Returns:
+        A dict from column name to a list of floats, one per epoch.
+    """
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {k: [float(r[k]) if r[k] not in ("", None) else float("nan") for r in rows] for k in rows[0]}
+
+
+def plot_history(history: dict[str, Sequence[float]], output_dir: str) -> list[str]:
+    """Plot train and validation curves: `acc.png`, `loss.png`, `miou.png`.
+
+    Args:
+        history: Columns as returned by `read_history` (keys such as
+            `accuracy`, `val_accuracy`, `loss`, `val_loss`, `mean_iou`,
+            `val_mean_iou`; `epoch` optional, 0-based).
+        output_dir: Folder for the PNG files.
+
+    Returns:
+        Paths of the files written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    n = max((len(v) for v in history.values()), default=0)
+    epochs = [int(e) + 1 for e in history.get("epoch", range(n))]
+    best = None
+    if history.get("val_mean_iou"):
+        best = int(np.nanargmax(history["val_mean_iou"]))
+    written = []
+    for key, title, fname in (
+        ("accuracy", "Pixel accuracy (void excluded)", "acc.png"),
+        ("loss", "Loss (void excluded)", "loss.png"),
+        ("mean_iou", "Mean IoU over 19 classes (void excluded)", "miou.png"),
+    ):
+        if key not in history:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        ax.plot(epochs, history[key], "o-", label="train")
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], "o-", label="validation")
+        if best is not None:
+            ax.axvline(epochs[best], color="gray", ls="--", lw=1, label=f"best epoch ({epochs[best]})")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = os.path.join(output_dir, fname)
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def save_prediction_panel(
+    path: str, photo: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, title: str = ""
+) -> None:
+    """Save a photo | ground truth | prediction panel with a class legend.
+
+    Args:
+        path: PNG destination.
+        photo: uint8 RGB `(H, W, 3)`.
+        truth: Class ids `(H, W)` (IGNORE_ID shown black), or None to omit.
+        pred: Predicted class ids `(H, W)`.
+        title: Figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    panels = [("photo", photo)]
+    if truth is not None:
+        panels.append(("ground truth (black: ignored)", colorize(truth)))
+    panels.append(("prediction", colorize(pred)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels) + 2.6, 4.4), dpi=100)
+    for ax, (name, img) in zip(np.atleast_1d(axes), panels, strict=True):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(name)
+        ax.axis("off")
+    handles = [Patch(color=np.array(c.color) / 255, label=c.name) for c in CLASSES]
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1 - 2.4 / (4 * len(panels) + 2.6), 1))
+    fig.savefig(path)
+    plt.close(fig)
