@@ -386,7 +386,10 @@ def find_data(cfg: TrainConfig) -> tuple[list[str], list[str], str, list[tuple[s
     good, skipped = scan_pairs(pool)
     if not good:
         what = f"no usable pair among {len(pool)} JPEG files" if pool else "no .jpg files"
-        raise UsageError(f"--data-dir {root}: {what} in {train_dir}")
+        raise UsageError(
+            f"--data-dir {root}: {what} in {train_dir} (put the Cityscapes pairs in {root}/train; "
+            "see images/README.md)"
+        )
     if os.path.isdir(val_dir) and list_images(val_dir):
         val_pool = list_images(val_dir)
         if cfg.limit:
