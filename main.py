@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="main.py",
         description="Train a UNet on the Cityscapes image pairs (photo | colour label JPEGs).",
-        epilog="Redraw the curves of a run: python main.py plot --history output/history.csv",
+        epilog="Other commands: 'python main.py evaluate --help' (score a model), "
+        "'python main.py plot --help' (redraw curves from history.csv).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -102,6 +103,28 @@ def build_plot_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    """The flags of `main.py evaluate`."""
+    p = argparse.ArgumentParser(
+        prog="main.py evaluate",
+        description="Score a trained model: per-class IoU, mean IoU, pixel accuracy, mean class accuracy, "
+        "category mean IoU and a confusion matrix (void excluded everywhere).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", type=str, default="output/unet_model.keras", help="the .keras model to score")
+    p.add_argument(
+        "--data-dir",
+        type=str,
+        default=None,
+        help="pairs to score (DIR/val if it exists, else DIR); default: the validation split of the run that made the model, from its config.json",
+    )
+    p.add_argument(
+        "--output-dir", type=str, default=None, help="report folder (default: eval/ beside the model)"
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="prediction batch size")
+    return p
+
+
 def plot(args: argparse.Namespace) -> None:
     """Redraw the curves of a finished or running training run."""
     import utils_func as uf
@@ -129,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["plot"]:
             plot(build_plot_parser().parse_args(argv[1:]))
+        elif argv[:1] == ["evaluate"]:
+            from evaluation import run_evaluate
+
+            a = build_evaluate_parser().parse_args(argv[1:])
+            run_evaluate(a.model, a.data_dir, a.output_dir, a.batch_size)
         else:
             run_training(TrainConfig(**vars(build_parser().parse_args(argv))))
     except UsageError as e:

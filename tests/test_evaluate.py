@@ -1,0 +1,86 @@
+"""evaluate: hand-worked scores and the command end to end."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from evaluation import category_confusion, confusion_matrix, markdown_report, scores
+
+
+def test_scores_hand_worked_with_void():
+    true = np.array([0, 0, 0, 1, 1, 2, 255])
+    pred = np.array([0, 0, 1, 1, 2, 2, 0])
+    cm = confusion_matrix(true, pred)
+    assert cm.sum() == 6  # the void pixel is left out
+    assert cm[0, 0] == 2 and cm[0, 1] == 1 and cm[1, 1] == 1 and cm[1, 2] == 1 and cm[2, 2] == 1
+    r = scores(cm)
+    # IoU: road 2/3, sidewalk 1/3, building 1/2; the 16 absent classes do not count.
+    assert r["per_class"]["road"]["iou"] == pytest.approx(2 / 3)
+    assert r["per_class"]["sidewalk"]["iou"] == pytest.approx(1 / 3)
+    assert r["per_class"]["building"]["iou"] == pytest.approx(1 / 2)
+    assert r["per_class"]["car"]["iou"] is None
+    assert r["mean_iou"] == pytest.approx(0.5)
+    assert r["pixel_accuracy"] == pytest.approx(4 / 6)
+    assert r["mean_class_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    # Categories: road and sidewalk are "flat" (4 right, 1 as construction);
+    # building is "construction". IoU flat 4/5, construction 1/2.
+    cat = category_confusion(cm)
+    assert cat.shape == (7, 7) and cat[0, 0] == 4 and cat[0, 1] == 1 and cat[1, 1] == 1
+    assert r["per_category"]["flat"] == pytest.approx(0.8)
+    assert r["category_mean_iou"] == pytest.approx(0.65)
+    md = markdown_report(r)
+    assert "| road | 0.6667 |" in md and "| car | - |" in md
+
+
+def _main(*args):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "main.py"), *map(str, args)], capture_output=True, text=True
+    )
+
+
+def test_evaluate_end_to_end_matches_training_metrics(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    r = _main(
+        "--data-dir",
+        tiny_data,
+        "--output-dir",
+        out,
+        "--epochs",
+        2,
+        "--image-size",
+        32,
+        "--base-filters",
+        4,
+        "--batch-size",
+        4,
+        "--num-preds",
+        0,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _main("evaluate", "--model", out / "unet_model.keras")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| mean IoU (19 classes) |" in r.stdout
+    for name in ("report.json", "report.md", "confusion_matrix.png"):
+        assert (out / "eval" / name).stat().st_size > 0
+    report = json.load(open(out / "eval" / "report.json"))
+    assert report["files"] == 2  # the run's validation split: 15% of 12 pairs
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    best = max(rows, key=lambda row: float(row["val_mean_iou"]))
+    # Same files, same decoding, same void rule: the figures training logged.
+    assert report["mean_iou"] == pytest.approx(float(best["val_mean_iou"]), abs=1e-4)
+    assert report["pixel_accuracy"] == pytest.approx(float(best["val_accuracy"]), abs=1e-4)
+
+
+def test_evaluate_bad_model_file(tmp_path):
+    bad = tmp_path / "model.keras"
+    bad.write_text("not a model")
+    r = _main("evaluate", "--model", bad, "--data-dir", tmp_path)
+    assert r.returncode == 2 and "--model" in r.stderr and "Traceback" not in r.stderr
+    r = _main("evaluate", "--model", tmp_path / "missing.keras")
+    assert r.returncode == 2 and "file not found" in r.stderr
