@@ -14,6 +14,17 @@ sys.path.insert(0, ROOT)
 
 SHARED_TRAIN = os.path.join(ROOT, "..", "shared", "data", "cityscapes_pairs", "train")
 
+#: Flags of a tiny, fast training run.
+TINY = ("--image-size", 32, "--base-filters", 4, "--batch-size", 4)
+
+
+def run_main(*args, cwd=None):
+    """Run `python main.py ARGS` in a fresh process; return the CompletedProcess."""
+    import subprocess
+
+    cmd = [sys.executable, os.path.join(ROOT, "main.py"), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+
 
 def make_pair(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic pair: stripes of a few classes, the photo tinted per class.

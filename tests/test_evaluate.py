@@ -2,14 +2,11 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import TINY, run_main
 from evaluation import category_confusion, confusion_matrix, markdown_report, scores
 
 
@@ -38,32 +35,21 @@ def test_scores_hand_worked_with_void():
     assert "| road | 0.6667 |" in md and "| car | - |" in md
 
 
-def _main(*args):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "main.py"), *map(str, args)], capture_output=True, text=True
-    )
-
-
 def test_evaluate_end_to_end_matches_training_metrics(tiny_data, tmp_path):
     out = tmp_path / "run"
-    r = _main(
+    r = run_main(
         "--data-dir",
         tiny_data,
         "--output-dir",
         out,
         "--epochs",
         2,
-        "--image-size",
-        32,
-        "--base-filters",
-        4,
-        "--batch-size",
-        4,
+        *TINY,
         "--num-preds",
         0,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    r = _main("evaluate", "--model", out / "unet_model.keras")
+    r = run_main("evaluate", "--model", out / "unet_model.keras")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| mean IoU (19 classes) |" in r.stdout
     for name in ("report.json", "report.md", "confusion_matrix.png"):
@@ -80,7 +66,7 @@ def test_evaluate_end_to_end_matches_training_metrics(tiny_data, tmp_path):
 def test_evaluate_bad_model_file(tmp_path):
     bad = tmp_path / "model.keras"
     bad.write_text("not a model")
-    r = _main("evaluate", "--model", bad, "--data-dir", tmp_path)
+    r = run_main("evaluate", "--model", bad, "--data-dir", tmp_path)
     assert r.returncode == 2 and "--model" in r.stderr and "Traceback" not in r.stderr
-    r = _main("evaluate", "--model", tmp_path / "missing.keras")
+    r = run_main("evaluate", "--model", tmp_path / "missing.keras")
     assert r.returncode == 2 and "file not found" in r.stderr

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from conftest import ROOT, write_pairs  # noqa: E402
+from conftest import TINY, run_main, write_pairs  # noqa: E402
 from data_pipeline import make_dataset  # noqa: E402
 from training import (  # noqa: E402
     BestModelCheckpoint,
@@ -87,30 +87,16 @@ def test_save_load_in_fresh_process_without_project(tmp_path):
     assert "OK CategoricalFocalCrossentropy 3.0" in r.stdout
 
 
-def _main(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "main.py"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-    )
-
-
 def test_main_end_to_end_tiny(tiny_data, tmp_path):
     out = tmp_path / "out"
-    r = _main(
+    r = run_main(
         "--data-dir",
         tiny_data,
         "--output-dir",
         out,
         "--epochs",
         2,
-        "--image-size",
-        32,
-        "--base-filters",
-        4,
-        "--batch-size",
-        4,
+        *TINY,
         "--num-preds",
         2,
     )
@@ -147,19 +133,14 @@ def test_main_end_to_end_tiny(tiny_data, tmp_path):
     assert model.output_shape == (None, 32, 32, 19)
 
     # A second run keeps the first run's model instead of overwriting it.
-    r2 = _main(
+    r2 = run_main(
         "--data-dir",
         tiny_data,
         "--output-dir",
         out,
         "--epochs",
         1,
-        "--image-size",
-        32,
-        "--base-filters",
-        4,
-        "--batch-size",
-        4,
+        *TINY,
         "--num-preds",
         0,
     )
@@ -172,17 +153,14 @@ def test_main_skips_bad_files_and_goes_on(tiny_data, tmp_path):
     (tiny_data / "train" / "broken.jpg").write_bytes(b"not an image")
     (tiny_data / "train" / "empty.jpg").write_bytes(b"")
     out = tmp_path / "out"
-    r = _main(
+    r = run_main(
         "--data-dir",
         tiny_data,
         "--output-dir",
         out,
         "--epochs",
         1,
-        "--image-size",
-        32,
-        "--base-filters",
-        4,
+        *TINY,
         "--num-preds",
         0,
     )
@@ -203,7 +181,7 @@ def test_main_skips_bad_files_and_goes_on(tiny_data, tmp_path):
     ],
 )
 def test_main_bad_flags_one_line(args, needle, tmp_path):
-    r = _main(*args, "--output-dir", tmp_path / "o", cwd=tmp_path)
+    r = run_main(*args, "--output-dir", tmp_path / "o", cwd=tmp_path)
     assert r.returncode == 2
     assert needle in r.stderr
     assert "Traceback" not in r.stderr
@@ -212,12 +190,12 @@ def test_main_bad_flags_one_line(args, needle, tmp_path):
 
 def test_main_empty_or_unusable_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    r = _main("--data-dir", tmp_path / "empty", "--output-dir", tmp_path / "o")
+    r = run_main("--data-dir", tmp_path / "empty", "--output-dir", tmp_path / "o")
     assert r.returncode == 2 and "no .jpg files" in r.stderr and "Traceback" not in r.stderr
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "1.jpg").write_bytes(b"junk")
-    r = _main("--data-dir", bad, "--output-dir", tmp_path / "o")
+    r = run_main("--data-dir", bad, "--output-dir", tmp_path / "o")
     assert r.returncode == 2 and "no usable pair among 1 JPEG files" in r.stderr
 
 
@@ -228,9 +206,9 @@ def test_plot_from_history_without_retraining(tmp_path):
         "0,1.5,0.6,0.2,1.4,0.62,0.21,0.002\n"
         "1,1.1,0.7,0.3,1.2,0.68,0.27,0.001\n"
     )
-    r = _main("plot", "--history", hist, "--output-dir", tmp_path / "curves")
+    r = run_main("plot", "--history", hist, "--output-dir", tmp_path / "curves")
     assert r.returncode == 0, r.stderr[-2000:]
     for name in ("acc.png", "loss.png", "miou.png"):
         assert (tmp_path / "curves" / name).stat().st_size > 5000
-    r = _main("plot", "--history", tmp_path / "missing.csv")
+    r = run_main("plot", "--history", tmp_path / "missing.csv")
     assert r.returncode == 2 and "--history" in r.stderr and "Traceback" not in r.stderr
