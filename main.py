@@ -1,6 +1,8 @@
-"""Command line: train the Cityscapes UNet, and redraw its curves.
+"""Command line: train the Cityscapes UNet, score it, run it, redraw its curves.
 
 python main.py --epochs 10
+python main.py evaluate --model output/unet_model.keras
+python main.py predict --model output/unet_model.keras --out preds photo.jpg folder/
 python main.py plot --history output/history.csv
 """
 
@@ -20,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="main.py",
         description="Train a UNet on the Cityscapes image pairs (photo | colour label JPEGs).",
         epilog="Other commands: 'python main.py evaluate --help' (score a model), "
+        "'python main.py predict --help' (segment photos), "
         "'python main.py plot --help' (redraw curves from history.csv).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -84,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=None, help="use only the first N training pairs (smoke runs)")
     p.add_argument("--num-preds", type=int, default=4, help="validation samples drawn as pred_N.png")
+    p.add_argument(
+        "--progress-every",
+        type=int,
+        default=1,
+        help="draw fixed validation samples every N epochs (and before training) into progress/ and progress.gif; 0: off",
+    )
+    p.add_argument("--num-progress", type=int, default=4, help="validation samples in each progress picture")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="log scalars and progress pictures to OUTPUT_DIR/logs for TensorBoard",
+    )
     return p
 
 
@@ -125,6 +140,27 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_predict_parser() -> argparse.ArgumentParser:
+    """The flags of `main.py predict`."""
+    p = argparse.ArgumentParser(
+        prog="main.py predict",
+        description="Segment photos of any size: for each NAME, NAME_mask.png (class colours), "
+        "NAME_overlay.png (colours over the photo) and NAME_ids.png (uint8 trainIds, the photo's size).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="JPEG or PNG photos, or folders of them")
+    p.add_argument("--model", type=str, default="output/unet_model.keras", help="the .keras model to run")
+    p.add_argument("--out", type=str, default="output/predictions", help="folder for the results")
+    p.add_argument(
+        "--pairs",
+        action="store_true",
+        help="inputs are photo | colour-label pairs: predict the left half, add NAME_panel.png with the ground "
+        "truth, and score against it",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="prediction batch size")
+    return p
+
+
 def plot(args: argparse.Namespace) -> None:
     """Redraw the curves of a finished or running training run."""
     import utils_func as uf
@@ -152,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["plot"]:
             plot(build_plot_parser().parse_args(argv[1:]))
+        elif argv[:1] == ["predict"]:
+            from prediction import run_predict
+
+            a = build_predict_parser().parse_args(argv[1:])
+            run_predict(a.model, a.inputs, a.out, a.pairs, a.batch_size)
         elif argv[:1] == ["evaluate"]:
             from evaluation import run_evaluate
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import sys
@@ -14,6 +15,7 @@ import keras
 import numpy as np
 
 import utils_func as uf
+from callbacks import BestModelCheckpoint, HistoryCSV, ProgressPictures
 from model_arch import get_model_arch
 from segmentation_model import build_unet, widths_from_base
 
@@ -59,6 +61,9 @@ class TrainConfig:
     class_weights: str = "auto"
     limit: int | None = None
     num_preds: int = 4
+    progress_every: int = 1
+    num_progress: int = 4
+    tensorboard: bool = False
 
 
 def gpu_available() -> bool:
@@ -133,6 +138,8 @@ def validate_config(cfg: TrainConfig) -> None:
             "must be at least 2 (one train and one validation pair)",
         ),
         (cfg.num_preds >= 0, "--num-preds", cfg.num_preds, "must be 0 or more"),
+        (cfg.progress_every >= 0, "--progress-every", cfg.progress_every, "must be 0 (off) or more"),
+        (cfg.num_progress >= 1, "--num-progress", cfg.num_progress, "must be at least 1"),
         (
             cfg.precision in PRECISIONS,
             "--precision",
@@ -199,94 +206,10 @@ def resolve_config(cfg: TrainConfig, on_gpu: bool) -> tuple[TrainConfig, str, li
     return cfg, policy, reasons
 
 
-def save_model_atomic(model: keras.Model, path: str) -> None:
-    """Save a model to a temporary file beside `path`, then rename it.
-
-    A crash mid-save leaves the earlier file as it was.
-
-    Args:
-        model: Model to save.
-        path: Destination `.keras` path.
-    """
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-class BestModelCheckpoint(keras.callbacks.Callback):
-    """Keep the model with the best validation mean IoU on disk, atomically.
-
-    Args:
-        path: Destination `.keras` file.
-        monitor: Log key to maximise.
-    """
-
-    def __init__(self, path: str, monitor: str = "val_mean_iou"):
-        super().__init__()
-        self.path = path
-        self.monitor = monitor
-        self.best = -math.inf
-        self.best_epoch: int | None = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or not math.isfinite(value) or value <= self.best:
-            return
-        save_model_atomic(self.model, self.path)
-        print(
-            f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.4f} to "
-            f"{value:.4f}, saved {self.path}",
-            flush=True,
-        )
-        self.best, self.best_epoch = float(value), epoch
-
-
 # OneHotMeanIoU keeps an integer confusion matrix (exact counts; float32
 # would drop increments past 2**24 pixels) and warns that float weights are
 # cast to int. Ours are exactly 0 (ignored) or 1, so the cast is exact.
 warnings.filterwarnings("ignore", message="You are passing weight as `float`")
-
-HISTORY_KEYS = (
-    "loss",
-    "accuracy",
-    "mean_iou",
-    "val_loss",
-    "val_accuracy",
-    "val_mean_iou",
-    "learning_rate",
-)
-
-
-class HistoryCSV(keras.callbacks.Callback):
-    """Write `history.csv` after every epoch, atomically, with the learning rate.
-
-    Args:
-        path: Destination CSV.
-    """
-
-    def __init__(self, path: str):
-        super().__init__()
-        self.path = path
-        self.rows: list[dict] = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        self.rows.append({"epoch": epoch, **{k: logs.get(k, float("nan")) for k in HISTORY_KEYS}})
-        lines = [",".join(("epoch",) + HISTORY_KEYS)]
-        for r in self.rows:
-            lines.append(",".join([str(r["epoch"])] + [f"{float(r[k]):.6g}" for k in HISTORY_KEYS]))
-        uf.atomic_write_text(self.path, "\n".join(lines) + "\n")
-
-    def columns(self) -> dict[str, list[float]]:
-        """The history so far, as columns."""
-        keys = ("epoch",) + HISTORY_KEYS
-        return {k: [float(r[k]) for r in self.rows] for k in keys}
 
 
 def make_loss(class_weights: np.ndarray | None = None) -> keras.losses.Loss:
@@ -429,6 +352,26 @@ def keep_earlier_model(path: str) -> str | None:
     return kept
 
 
+def progress_samples(files: list[str], count: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode `count` files spread evenly over `files`, for progress pictures.
+
+    Args:
+        files: Validation pair files.
+        count: How many to take (fewer when there are fewer files).
+        image_size: Model input side.
+
+    Returns:
+        `(photos (K, S, S, 3) uint8, ids (K, S, S) uint8)`.
+    """
+    import tensorflow as tf
+
+    from data_pipeline import decode_pair
+
+    picks = np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int))
+    decoded = [decode_pair(tf.constant(files[i]), image_size) for i in picks]
+    return np.stack([p.numpy() for p, _ in decoded]), np.stack([t.numpy() for _, t in decoded])
+
+
 def write_prediction_panels(
     model: keras.Model, files: list[str], image_size: int, output_dir: str
 ) -> list[str]:
@@ -479,6 +422,8 @@ def run_training(cfg: TrainConfig) -> dict:
     t_start = time.perf_counter()
     on_gpu = gpu_available()
     cfg, policy, reasons = resolve_config(cfg, on_gpu)
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UsageError("--tensorboard: the tensorboard package is not installed (pip install tensorboard)")
     train_files, val_files, val_source, skipped = find_data(cfg)
 
     os.makedirs(cfg.output_dir, exist_ok=True)
@@ -544,11 +489,18 @@ def run_training(cfg: TrainConfig) -> dict:
 
     checkpoint = BestModelCheckpoint(model_path)
     history = HistoryCSV(out("history.csv"))
+    callbacks = [checkpoint, history, keras.callbacks.TerminateOnNaN()]
+    log_dir = out("logs") if cfg.tensorboard else None
+    if log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False))
+    if cfg.progress_every:
+        photos, truths = progress_samples(val_files, cfg.num_progress, cfg.image_size)
+        callbacks.append(ProgressPictures(photos, truths, cfg.output_dir, cfg.progress_every, log_dir))
     model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=cfg.epochs,
-        callbacks=[checkpoint, history, keras.callbacks.TerminateOnNaN()],
+        callbacks=callbacks,
         # The datasets shuffle themselves (seeded).
         shuffle=False,
         verbose=1 if sys.stdout.isatty() else 2,
@@ -585,6 +537,13 @@ def run_training(cfg: TrainConfig) -> dict:
         print(f"  {os.path.basename(p):18s} curve, train and validation")
     if panels:
         print(f"  pred_1..{len(panels)}.png       photo | ground truth | prediction")
+    if cfg.progress_every:
+        print(
+            f"  {'progress/':18s} validation samples before training and every {cfg.progress_every} epoch(s)"
+        )
+        print(f"  {'progress.gif':18s} the same pictures as an animation")
+    if log_dir:
+        print(f"  {'logs/':18s} TensorBoard: tensorboard --logdir {log_dir}")
     if summary["best_val_mean_iou"] is not None:
         print(f"Best validation mean IoU: {checkpoint.best:.4f} (epoch {summary['best_epoch']})")
     return summary

@@ -311,25 +311,56 @@ def save_prediction_panel(
         pred: Predicted class ids `(H, W)`.
         title: Figure title.
     """
+    save_panel_grid(path, [(photo, truth, pred)], title)
+
+
+def save_panel_grid(
+    path: str,
+    rows: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray]],
+    title: str = "",
+    dpi: int = 100,
+) -> None:
+    """Save rows of photo | ground truth | prediction with a class legend.
+
+    Every call with the same number of rows and columns makes a figure of
+    the same pixel size, so the pictures of one run can be frames of a GIF.
+
+    Args:
+        path: PNG destination.
+        rows: `(photo uint8 (H, W, 3), truth ids (H, W) or None, prediction
+            ids (H, W))` per row; truth None in every row omits that column.
+        title: Figure title.
+        dpi: Resolution.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    panels = [("photo", photo)]
-    if truth is not None:
-        panels.append(("ground truth (black: ignored)", colorize(truth)))
-    panels.append(("prediction", colorize(pred)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels) + 2.6, 4.4), dpi=100)
-    for ax, (name, img) in zip(np.atleast_1d(axes), panels, strict=True):
-        ax.imshow(img, interpolation="nearest")
-        ax.set_title(name)
-        ax.axis("off")
+    with_truth = any(truth is not None for _, truth, _ in rows)
+    names = ["photo"] + (["ground truth (black: ignored)"] if with_truth else []) + ["prediction"]
+    n_rows, n_cols = len(rows), len(names)
+    # Layout in inches, fixed: the same size and placement every call.
+    cell, legend_w, top = (4.0 if n_rows == 1 else 3.2), 1.8, 0.9
+    width, height = n_cols * cell + legend_w, n_rows * cell + top
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), dpi=dpi, squeeze=False)
+    fig.subplots_adjust(
+        left=0.01, right=(n_cols * cell) / width, bottom=0.01, top=1 - top / height, wspace=0.03, hspace=0.03
+    )
+    for r, (photo, truth, pred) in enumerate(rows):
+        images = [photo] + ([colorize(truth) if truth is not None else None] if with_truth else [])
+        images.append(colorize(pred))
+        for c, img in enumerate(images):
+            ax = axes[r, c]
+            if img is not None:
+                ax.imshow(img, interpolation="nearest")
+            if r == 0:
+                ax.set_title(names[c], fontsize=11)
+            ax.axis("off")
     handles = [Patch(color=np.array(c.color) / 255, label=c.name) for c in CLASSES]
-    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="center right", fontsize=9, frameon=False)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1 - 2.4 / (4 * len(panels) + 2.6), 1))
+        fig.suptitle(title, fontsize=12, y=1 - 0.15 / height, va="top")
     fig.savefig(path)
     plt.close(fig)

@@ -12,13 +12,10 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
+from callbacks import BestModelCheckpoint  # noqa: E402
 from conftest import TINY, run_main, write_pairs  # noqa: E402
 from data_pipeline import make_dataset  # noqa: E402
-from training import (  # noqa: E402
-    BestModelCheckpoint,
-    TrainConfig,
-    build_and_compile,
-)
+from training import TrainConfig, build_and_compile  # noqa: E402
 
 
 def _tiny_model(steps=1, epochs=1, class_weights=None):
@@ -99,6 +96,7 @@ def test_main_end_to_end_tiny(tiny_data, tmp_path):
         *TINY,
         "--num-preds",
         2,
+        "--tensorboard",
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     for name in (
@@ -131,6 +129,21 @@ def test_main_end_to_end_tiny(tiny_data, tmp_path):
     assert "Best validation mean IoU" in r.stdout
     model = keras.models.load_model(out / "unet_model.keras", compile=False)
     assert model.output_shape == (None, 32, 32, 19)
+
+    # Progress pictures: before training and after each epoch, then a GIF
+    # whose frames are those pictures.
+    from PIL import Image
+
+    frames = sorted(os.listdir(out / "progress"))
+    assert frames == ["epoch_000.png", "epoch_001.png", "epoch_002.png"]
+    sizes = {Image.open(out / "progress" / f).size for f in frames}
+    assert len(sizes) == 1
+    gif = Image.open(out / "progress.gif")
+    assert gif.n_frames == 3 and gif.size == sizes.pop()
+    # TensorBoard: scalars for train and validation, and the pictures.
+    for sub in ("train", "validation", "progress"):
+        events = [n for n in os.listdir(out / "logs" / sub) if n.startswith("events.out.tfevents")]
+        assert events and os.path.getsize(out / "logs" / sub / events[0]) > 0, sub
 
     # A second run keeps the first run's model instead of overwriting it.
     r2 = run_main(

@@ -1,0 +1,308 @@
+"""Predict: run a trained model on photos (or side-by-side pairs) of any size.
+
+Needs only Keras, NumPy and OpenCV: no TensorFlow, so it works on every
+Keras backend.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+import utils_func as uf
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+OVERLAY_ALPHA = 0.5  # share of the class colour in the overlay
+
+
+class InputError(ValueError):
+    """One input file cannot be used; the message says why."""
+
+
+def collect_inputs(inputs: list[str]) -> list[str]:
+    """Expand files and folders into a list of photo files.
+
+    Folders contribute their JPEG and PNG files (not recursively), in
+    natural order; files named directly are taken whatever their suffix.
+
+    Args:
+        inputs: Paths given on the command line.
+
+    Returns:
+        Photo paths, each once.
+
+    Raises:
+        UsageError: For a path that does not exist or a folder without photos.
+    """
+    from data_pipeline import _natural_key
+    from training import UsageError
+
+    files: list[str] = []
+    for path in inputs:
+        if os.path.isdir(path):
+            found = sorted(
+                (
+                    os.path.join(path, n)
+                    for n in os.listdir(path)
+                    if n.lower().endswith(PHOTO_SUFFIXES) and os.path.isfile(os.path.join(path, n))
+                ),
+                key=_natural_key,
+            )
+            if not found:
+                raise UsageError(f"{path}: no .jpg, .jpeg or .png files in this folder")
+            files += found
+        elif os.path.lexists(path):
+            files.append(path)
+        else:
+            raise UsageError(f"{path}: no such file or folder")
+    seen: set[str] = set()
+    unique = []
+    for f in files:
+        key = os.path.realpath(f)
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def read_photo(path: str) -> np.ndarray:
+    """Read a JPEG or PNG as 8-bit RGB: grayscale is repeated, alpha dropped.
+
+    Args:
+        path: Image file.
+
+    Returns:
+        uint8 array `(H, W, 3)`.
+
+    Raises:
+        InputError: If the file cannot be read or decoded.
+    """
+    import cv2
+
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise InputError(e.strerror or str(e)) from None
+    if data.size == 0:
+        raise InputError("empty file")
+    # IMREAD_COLOR: 3 channels whatever the file holds (gray, alpha, CMYK,
+    # 16-bit PNGs scaled to 8 bits).
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError("not a decodable JPEG or PNG image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def split_pair(pair: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split a side-by-side pair into the photo and its label's class ids.
+
+    Args:
+        pair: uint8 RGB `(H, 2*H', 3)`, photo left, colour label right.
+
+    Returns:
+        `(photo (H, W, 3) uint8, ids (H, W) uint8)`; ids are trainIds or
+        IGNORE_ID.
+
+    Raises:
+        InputError: If the width is odd.
+    """
+    h, w = pair.shape[:2]
+    if w % 2:
+        raise InputError(f"{w}x{h} is not a side-by-side pair (odd width)")
+    return pair[:, : w // 2], uf.colors_to_ids(pair[:, w // 2 :])
+
+
+def resize_photo(photo: np.ndarray, size: int) -> np.ndarray:
+    """Resize a photo to the square model input, as training saw them.
+
+    The training pairs squash Cityscapes' 2:1 frames into squares, so any
+    photo is resized to a square too (area when shrinking, bilinear when
+    enlarging).
+
+    Args:
+        photo: uint8 `(H, W, 3)`.
+        size: Model input side.
+
+    Returns:
+        uint8 `(size, size, 3)`.
+    """
+    import cv2
+
+    shrink = photo.shape[0] * photo.shape[1] > size * size
+    return cv2.resize(photo, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def probabilities_to_ids(probs: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Class ids at a photo's own size from the model's scores.
+
+    Scores are resized bilinearly, then the argmax is taken: class ids
+    themselves are never interpolated.
+
+    Args:
+        probs: float `(h, w, num_classes)` scores at the model's size.
+        height: Photo height.
+        width: Photo width.
+
+    Returns:
+        uint8 `(height, width)` trainIds.
+    """
+    import cv2
+
+    probs = np.asarray(probs, np.float32)
+    if probs.shape[:2] != (height, width):
+        probs = cv2.resize(probs, (width, height), interpolation=cv2.INTER_LINEAR)
+    return probs.argmax(-1).astype(np.uint8)
+
+
+def overlay(photo: np.ndarray, ids: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """Blend the class colours over the photo.
+
+    Args:
+        photo: uint8 `(H, W, 3)`.
+        ids: Class ids `(H, W)`.
+        alpha: Weight of the class colour.
+
+    Returns:
+        uint8 `(H, W, 3)`.
+    """
+    mixed = (1 - alpha) * photo.astype(np.float32) + alpha * uf.colorize(ids).astype(np.float32)
+    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+
+
+def write_png(path: str, image: np.ndarray) -> None:
+    """Write an RGB or single-channel uint8 PNG, atomically."""
+    import cv2
+
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+    try:
+        buf.tofile(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _unique_stems(files: list[str]) -> list[str]:
+    """Output name stems, made unique when two inputs share a file name."""
+    stems, used = [], {}
+    for f in files:
+        stem = os.path.splitext(os.path.basename(f))[0]
+        n = used.get(stem, 0)
+        used[stem] = n + 1
+        stems.append(stem if n == 0 else f"{stem}-{n + 1}")
+    return stems
+
+
+def run_predict(
+    model_path: str, inputs: list[str], out_dir: str, pairs: bool = False, batch_size: int = 8
+) -> dict:
+    """Predict every input photo and write its mask, overlay and class ids.
+
+    For each input `NAME`: `NAME_mask.png` (class colours), `NAME_overlay.png`
+    (colours over the photo) and `NAME_ids.png` (uint8 trainIds, the photo's
+    size). With `pairs`, the left half is the photo and the right half the
+    colour label, and `NAME_panel.png` shows photo | ground truth |
+    prediction; the summary then includes pixel accuracy and mean IoU.
+
+    Args:
+        model_path: `.keras` model.
+        inputs: Photo files and folders.
+        out_dir: Output folder.
+        pairs: Treat inputs as side-by-side pairs.
+        batch_size: Prediction batch size.
+
+    Returns:
+        Summary: counts, seconds, skipped files and, for pairs, the scores.
+
+    Raises:
+        UsageError: For a bad model, flag or input path, or no usable input.
+    """
+    import keras
+
+    from evaluation import confusion_matrix, load_segmentation_model, scores
+    from training import UsageError
+
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: must be at least 1")
+    files = collect_inputs(inputs)
+    model = load_segmentation_model(model_path)
+    size = int(model.input_shape[1])
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out_dir}: cannot create the folder ({e.strerror})") from None
+
+    t0 = time.perf_counter()
+    bar = keras.utils.Progbar(len(files), unit_name="image") if len(files) >= 10 else None
+    cm = np.zeros((uf.NUM_CLASSES, uf.NUM_CLASSES), np.int64)
+    skipped: list[tuple[str, str]] = []
+    written = 0
+    stems = _unique_stems(files)
+    for start in range(0, len(files), batch_size):
+        batch = []  # (stem, photo, truth or None)
+        for f, stem in zip(files[start : start + batch_size], stems[start : start + batch_size], strict=True):
+            try:
+                image = read_photo(f)
+                photo, truth = split_pair(image) if pairs else (image, None)
+                batch.append((f, stem, photo, truth))
+            except InputError as e:
+                skipped.append((f, str(e)))
+        if batch:
+            x = np.stack([resize_photo(photo, size) for _, _, photo, _ in batch]).astype(np.float32)
+            probs = model.predict(x, batch_size=batch_size, verbose=0)
+            for (f, stem, photo, truth), p in zip(batch, probs, strict=True):
+                ids = probabilities_to_ids(p, *photo.shape[:2])
+                base = os.path.join(out_dir, stem)
+                write_png(f"{base}_ids.png", ids)
+                write_png(f"{base}_mask.png", uf.colorize(ids))
+                write_png(f"{base}_overlay.png", overlay(photo, ids))
+                if truth is not None:
+                    cm += confusion_matrix(truth, ids)
+                    valid = truth != uf.IGNORE_ID
+                    acc = float((ids[valid] == truth[valid]).mean()) if valid.any() else float("nan")
+                    uf.save_prediction_panel(
+                        f"{base}_panel.png",
+                        photo,
+                        truth,
+                        ids,
+                        title=f"{os.path.basename(f)}: pixel accuracy {acc:.3f}",
+                    )
+                written += 1
+        if bar is not None:
+            bar.update(min(start + batch_size, len(files)))
+    seconds = time.perf_counter() - t0
+
+    for f, why in skipped:
+        print(f"skipped {f}: {why}")
+    if not written:
+        raise UsageError(f"no usable {'pair' if pairs else 'photo'} among {len(files)} input files")
+    summary = {
+        "predicted": written,
+        "skipped": len(skipped),
+        "seconds": round(seconds, 2),
+        "out_dir": out_dir,
+        "model_input": size,
+    }
+    noun = ("pair" if pairs else "photo") + ("s" if written != 1 else "")
+    line = (
+        f"Predicted {written} {noun} in {seconds:.1f} s "
+        f"({written / max(seconds, 1e-9):.1f}/s) at the model's {size}x{size}, written to {out_dir}/"
+    )
+    if skipped:
+        line += f"; skipped {len(skipped)}"
+    if pairs and cm.sum():
+        s = scores(cm)
+        summary.update(mean_iou=s["mean_iou"], pixel_accuracy=s["pixel_accuracy"])
+        line += (
+            f"; against the labels: mean IoU {s['mean_iou']:.4f}, pixel accuracy {s['pixel_accuracy']:.4f}"
+        )
+    print(line)
+    return summary

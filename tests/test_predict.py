@@ -1,0 +1,132 @@
+"""predict: photos of any size and kind, pairs, bad inputs; the helpers."""
+
+import os
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+import utils_func as uf
+from conftest import make_pair, run_main, write_pairs
+from prediction import overlay, probabilities_to_ids, read_photo, split_pair
+from segmentation_model import build_unet
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An untrained 32x32 UNet saved as .keras (predict does not care)."""
+    keras.utils.set_random_seed(3)
+    path = tmp_path_factory.mktemp("model") / "unet_model.keras"
+    build_unet(32, uf.NUM_CLASSES, (4, 8, 16, 32), 64).save(path)
+    return path
+
+
+def _palette_colours():
+    return {tuple(c.color) for c in uf.CLASSES}
+
+
+def test_probabilities_to_ids_resizes_scores_not_ids():
+    # Two classes split left/right at the model's 4x4; at 8x6 the boundary
+    # stays in the middle and only the two ids appear.
+    probs = np.zeros((4, 4, 19), np.float32)
+    probs[:, :2, 3] = 1
+    probs[:, 2:, 7] = 1
+    ids = probabilities_to_ids(probs, 6, 8)
+    assert ids.shape == (6, 8) and ids.dtype == np.uint8
+    assert set(np.unique(ids)) == {3, 7}
+    assert (ids[:, :4] == 3).all() and (ids[:, 4:] == 7).all()
+
+
+def test_read_photo_gray_alpha_and_bad(tmp_path):
+    gray = np.arange(30 * 20, dtype=np.uint8).reshape(20, 30)
+    cv2.imwrite(str(tmp_path / "g.png"), gray)
+    rgb = read_photo(str(tmp_path / "g.png"))
+    assert rgb.shape == (20, 30, 3) and (rgb[..., 0] == gray).all() and (rgb[..., 2] == gray).all()
+    bgra = np.zeros((5, 7, 4), np.uint8)
+    bgra[..., 2] = 200  # red in BGR order
+    bgra[..., 3] = 10
+    cv2.imwrite(str(tmp_path / "a.png"), bgra)
+    rgb = read_photo(str(tmp_path / "a.png"))
+    assert rgb.shape == (5, 7, 3) and (rgb[..., 0] == 200).all() and (rgb[..., 1:] == 0).all()
+    (tmp_path / "x.jpg").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a decodable"):
+        read_photo(str(tmp_path / "x.jpg"))
+
+
+def test_split_pair_and_overlay():
+    pair, ids = make_pair(16, seed=1)
+    photo, truth = split_pair(pair)
+    assert photo.shape == (16, 16, 3)
+    np.testing.assert_array_equal(truth, ids)  # exact colours: exact ids, void included
+    with pytest.raises(ValueError, match="odd width"):
+        split_pair(pair[:, :31])
+    mixed = overlay(np.zeros((2, 2, 3), np.uint8), np.full((2, 2), 13))  # car (0, 0, 142)
+    assert (mixed == [0, 0, 71]).all()
+
+
+def test_predict_command_photos(tiny_model, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(src / "gray.jpg"), rng.integers(0, 255, (45, 70), dtype=np.uint8))
+    cv2.imwrite(str(src / "alpha.png"), rng.integers(0, 255, (33, 21, 4), dtype=np.uint8))
+    (src / "readme.txt").write_text("not a photo: ignored in a folder")
+    (src / "broken.png").write_bytes(b"not a png")
+    single = tmp_path / "big.jpg"
+    cv2.imwrite(str(single), rng.integers(0, 255, (120, 200, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    r = run_main("predict", "--model", tiny_model, "--out", out, src, single)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Predicted 3 photos" in r.stdout and "skipped 1" in r.stdout
+    assert "broken.png: not a decodable" in r.stdout
+    palette = _palette_colours()
+    for name, (h, w) in {"gray": (45, 70), "alpha": (33, 21), "big": (120, 200)}.items():
+        ids = cv2.imread(str(out / f"{name}_ids.png"), cv2.IMREAD_UNCHANGED)
+        assert ids.shape == (h, w) and ids.dtype == np.uint8 and ids.max() < uf.NUM_CLASSES
+        mask = cv2.cvtColor(cv2.imread(str(out / f"{name}_mask.png")), cv2.COLOR_BGR2RGB)
+        assert mask.shape == (h, w, 3)
+        assert {tuple(c) for c in mask.reshape(-1, 3)} <= palette
+        np.testing.assert_array_equal(mask, uf.colorize(ids))  # the mask is the ids, coloured
+        assert cv2.imread(str(out / f"{name}_overlay.png")).shape == (h, w, 3)
+    assert not (out / "broken_ids.png").exists()
+
+
+def test_predict_command_pairs(tiny_model, tmp_path):
+    write_pairs(tmp_path / "pairs", 11)
+    out = tmp_path / "out"
+    r = run_main("predict", "--pairs", "--model", tiny_model, "--out", out, tmp_path / "pairs")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Predicted 11 pairs" in r.stdout and "mean IoU" in r.stdout
+    assert "11/11" in r.stdout  # the progress bar
+    assert cv2.imread(str(out / "1_ids.png"), cv2.IMREAD_UNCHANGED).shape == (32, 32)
+    assert (out / "1_panel.png").stat().st_size > 10000
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--model", "{tmp}/missing.keras", "{tmp}"], "--model {tmp}/missing.keras: file not found"),
+        (["--model", "{model}", "{tmp}/nothing.jpg"], "{tmp}/nothing.jpg: no such file or folder"),
+        (["--model", "{model}", "{tmp}/empty"], "no .jpg, .jpeg or .png files"),
+        (["--model", "{model}", "{tmp}/junk.jpg"], "no usable photo among 1 input files"),
+        (["--model", "{model}", "--batch-size", "0", "{tmp}"], "--batch-size 0"),
+    ],
+)
+def test_predict_bad_input_one_line(args, needle, tiny_model, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk.jpg").write_bytes(b"junk")
+    fill = {"tmp": str(tmp_path), "model": str(tiny_model)}
+    r = run_main("predict", "--out", tmp_path / "o", *[a.format(**fill) for a in args])
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert needle.format(**fill) in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_predict_refuses_model_with_wrong_outputs(tmp_path):
+    inputs = keras.Input((32, 32, 3))
+    keras.Model(inputs, keras.layers.Conv2D(5, 1)(inputs)).save(tmp_path / "five.keras")
+    cv2.imwrite(str(tmp_path / "p.jpg"), np.zeros((8, 8, 3), np.uint8))
+    r = run_main("predict", "--model", tmp_path / "five.keras", "--out", tmp_path / "o", tmp_path / "p.jpg")
+    assert r.returncode == 2 and "expected (batch, H, W, 19)" in r.stderr
+    assert not os.path.exists(tmp_path / "o" / "p_ids.png")
