@@ -1,7 +1,9 @@
-"""Training callbacks: best-model checkpoint, history CSV, progress pictures."""
+"""Training callbacks: best model, resume state, history, progress pictures."""
 
 from __future__ import annotations
 
+import glob
+import json
 import math
 import os
 
@@ -11,23 +13,38 @@ import numpy as np
 import utils_func as uf
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (a failed save, a non-finite loss); one line."""
+
+
 def save_model_atomic(model: keras.Model, path: str) -> None:
     """Save a model to a temporary file beside `path`, then rename it.
 
-    A crash mid-save leaves the earlier file as it was.
+    A crash or a failure mid-save (disk full, no permission) leaves the
+    earlier file as it was.
 
     Args:
         model: Model to save.
         path: Destination `.keras` path.
+
+    Raises:
+        TrainingError: If the save fails; the earlier file is untouched.
     """
     directory, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}.keras")
     try:
         model.save(tmp)
         os.replace(tmp, path)
+    except Exception as e:  # noqa: BLE001 - any failure: say it, keep the old file
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        kept = "the earlier file is unchanged" if os.path.exists(path) else "nothing was written"
+        raise TrainingError(f"could not save {path}: {why} ({kept})") from None
     finally:
         if os.path.exists(tmp):
-            os.remove(tmp)
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
@@ -56,6 +73,86 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             flush=True,
         )
         self.best, self.best_epoch = float(value), epoch
+        # What the file on disk is, for a resumed run.
+        uf.write_json(self.info_path(self.path), {"best": self.best, "epoch": epoch + 1})
+
+    @staticmethod
+    def info_path(path: str) -> str:
+        """The JSON beside a best model that records its score and epoch."""
+        return os.path.splitext(path)[0] + ".json"
+
+    def restore(self) -> None:
+        """Take the best score and epoch of the model already on disk."""
+        info = self.info_path(self.path)
+        if os.path.isfile(self.path) and os.path.isfile(info):
+            with open(info) as f:
+                saved = json.load(f)
+            self.best, self.best_epoch = float(saved["best"]), int(saved["epoch"]) - 1
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stop at the first NaN or infinite training loss and remember where.
+
+    After `fit`, `failed` holds `(epoch, batch, loss)`; the run then ends
+    with an error, keeping the best model saved so far.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.failed: tuple[int, int, float] | None = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.failed = (self._epoch, batch, float(loss))
+            self.model.stop_training = True
+
+
+class ResumeState(keras.callbacks.Callback):
+    """Save everything needed to continue a run after every epoch.
+
+    `folder/epoch_XXX.keras` holds the model with its optimizer state (Adam
+    moments, step count: the learning-rate schedule goes on from there);
+    `folder/state.json` names the last complete one and is written after
+    it, atomically, so a kill at any moment leaves a consistent pair. Older
+    epoch files are removed once the state points past them. Put this
+    callback after the checkpoint and history callbacks.
+
+    Args:
+        folder: Folder for the state.
+    """
+
+    STATE = "state.json"
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self.folder = folder
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.folder, exist_ok=True)
+        name = f"epoch_{epoch + 1:03d}.keras"
+        save_model_atomic(self.model, os.path.join(self.folder, name))
+        uf.write_json(os.path.join(self.folder, self.STATE), {"epochs_done": epoch + 1, "model": name})
+        for old in glob.glob(os.path.join(self.folder, "epoch_*.keras")):
+            if os.path.basename(old) != name:
+                os.remove(old)
+
+    @classmethod
+    def load(cls, folder: str) -> tuple[int, str] | None:
+        """The last complete epoch and its model file, or None if there is none."""
+        path = os.path.join(folder, cls.STATE)
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            state = json.load(f)
+        model = os.path.join(folder, state["model"])
+        if not os.path.isfile(model):
+            return None
+        return int(state["epochs_done"]), model
 
 
 HISTORY_KEYS = (
@@ -89,6 +186,18 @@ class HistoryCSV(keras.callbacks.Callback):
         for r in self.rows:
             lines.append(",".join([str(r["epoch"])] + [f"{float(r[k]):.6g}" for k in HISTORY_KEYS]))
         uf.atomic_write_text(self.path, "\n".join(lines) + "\n")
+
+    def restore(self, epochs_done: int) -> None:
+        """Take the rows of the first `epochs_done` epochs from the CSV on disk."""
+        if os.path.isfile(self.path):
+            history = uf.read_history(self.path)
+            n = len(history.get("epoch", []))
+            self.rows = [
+                {k: history[k][i] for k in ("epoch",) + HISTORY_KEYS if k in history}
+                for i in range(n)
+                if history["epoch"][i] < epochs_done
+            ]
+            self.rows = [{**r, "epoch": int(r["epoch"])} for r in self.rows]
 
     def columns(self) -> dict[str, list[float]]:
         """The history so far, as columns."""
@@ -147,7 +256,13 @@ class ProgressPictures(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         os.makedirs(self.folder, exist_ok=True)
         self._epochs = self.params.get("epochs")
-        self._draw(0)
+        if not self.frames:
+            self._draw(0)
+
+    def restore(self, epochs_done: int) -> None:
+        """Reuse the pictures of the first `epochs_done` epochs already drawn."""
+        done = sorted(glob.glob(os.path.join(self.folder, "epoch_*.png")))
+        self.frames = [f for f in done if int(os.path.basename(f)[6:9]) <= epochs_done]
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1

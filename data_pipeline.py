@@ -20,6 +20,10 @@ import tensorflow as tf
 from utils_func import IGNORE_ID, MAX_COLOR_DISTANCE, NUM_CLASSES, decode_palette
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
+# Decoding a pair takes height * width * 3 bytes; a full-resolution
+# Cityscapes pair is 1024 high. Headers claiming far more (a 20000x40000
+# pair would need 2.4 GB per decode) are refused before any decode.
+MAX_PAIR_HEIGHT = 4096
 
 
 class DataError(ValueError):
@@ -109,6 +113,8 @@ def check_pair(path: str) -> str | None:
         return f"{width}x{height} is not a side-by-side pair (width must be twice the height)"
     if height < 16:
         return f"{width}x{height} is too small"
+    if height > MAX_PAIR_HEIGHT:
+        return f"{width}x{height} is too large (pairs up to {MAX_PAIR_HEIGHT} pixels high are decoded)"
     return None
 
 

@@ -252,10 +252,24 @@ def load_segmentation_model(path: str):
     if not os.path.isfile(path):
         raise UsageError(f"--model {path}: file not found")
     try:
+        # safe_mode stays on: a Lambda layer's Python code never runs on load.
         model = keras.models.load_model(path, compile=False)
     except Exception as e:  # noqa: BLE001 - any load failure is the file's fault
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = str(e).strip()
+        if "Lambda" in msg and "safe_mode" in msg:
+            raise UsageError(
+                f"--model {path}: refused: it holds a Lambda layer, Python code that would run on loading "
+                "(Keras' safe mode stays on; a model trained here has none)"
+            ) from None
+        first = msg.splitlines()[0] if msg else type(e).__name__
         raise UsageError(f"--model {path}: not a loadable Keras model ({first[:200]})") from None
+    if not isinstance(model.inputs, list) or len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise UsageError(
+            f"--model {path}: has {len(model.inputs)} inputs and {len(model.outputs)} outputs, expected 1 and 1"
+        )
+    in_shape = model.input_shape
+    if len(in_shape) != 4 or in_shape[-1] != 3 or in_shape[1] is None or in_shape[1] != in_shape[2]:
+        raise UsageError(f"--model {path}: input {in_shape}, expected a square RGB input (batch, S, S, 3)")
     shape = model.output_shape
     if not isinstance(shape, tuple) or len(shape) != 4 or shape[-1] != uf.NUM_CLASSES:
         raise UsageError(f"--model {path}: outputs {shape}, expected (batch, H, W, {uf.NUM_CLASSES})")

@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         "'python main.py predict --help' (segment photos), "
         "'python main.py plot --help' (redraw curves from history.csv).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        # No abbreviations: --resume compares the flags given by their full names.
+        allow_abbrev=False,
     )
     p.add_argument(
         "--data-dir",
@@ -99,7 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="log scalars and progress pictures to OUTPUT_DIR/logs for TensorBoard",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in OUTPUT_DIR from its last complete epoch, with its saved configuration",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the model already in OUTPUT_DIR (by default it is kept as unet_model.<date>.keras)",
+    )
     return p
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations of the options written out in `argv`."""
+    given = set()
+    for action in parser._actions:
+        for opt in action.option_strings:
+            if any(tok == opt or tok.startswith(opt + "=") for tok in argv):
+                given.add(action.dest)
+    return given
 
 
 def build_plot_parser() -> argparse.ArgumentParser:
@@ -183,7 +205,7 @@ def plot(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and run; bad input ends with one line and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
-    from training import TrainConfig, UsageError, run_training
+    from training import TrainConfig, TrainingError, UsageError, run_training
 
     try:
         if argv[:1] == ["plot"]:
@@ -199,10 +221,17 @@ def main(argv: list[str] | None = None) -> int:
             a = build_evaluate_parser().parse_args(argv[1:])
             run_evaluate(a.model, a.data_dir, a.output_dir, a.batch_size)
         else:
-            run_training(TrainConfig(**vars(build_parser().parse_args(argv))))
+            parser = build_parser()
+            flags = vars(parser.parse_args(argv))
+            resume, overwrite = flags.pop("resume"), flags.pop("overwrite")
+            given = given_flags(parser, argv) - {"resume", "overwrite"}
+            run_training(TrainConfig(**flags), resume=resume, overwrite=overwrite, given=given)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: the best model so far is on disk", file=sys.stderr)
         return 130

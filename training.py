@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -15,7 +17,14 @@ import keras
 import numpy as np
 
 import utils_func as uf
-from callbacks import BestModelCheckpoint, HistoryCSV, ProgressPictures
+from callbacks import (
+    BestModelCheckpoint,
+    HistoryCSV,
+    ProgressPictures,
+    ResumeState,
+    StopOnNonFinite,
+    TrainingError,
+)
 from model_arch import get_model_arch
 from segmentation_model import build_unet, widths_from_base
 
@@ -349,7 +358,76 @@ def keep_earlier_model(path: str) -> str | None:
         kept = f"{root}.{stamp}-{n}{ext}"
         n += 1
     os.replace(path, kept)
+    info = BestModelCheckpoint.info_path(path)
+    if os.path.exists(info):
+        os.remove(info)  # it describes the renamed file, which no run resumes
     return kept
+
+
+#: Flags a resumed run may change: they do not affect what is learned.
+RESUME_FREE = ("output_dir", "num_preds", "progress_every", "num_progress", "tensorboard")
+
+
+def resume_config(cfg: TrainConfig, given: frozenset[str] | set[str]) -> tuple[TrainConfig, dict]:
+    """The configuration of the run in `cfg.output_dir`, for `--resume`.
+
+    Args:
+        cfg: Configuration from the command line.
+        given: Names of the fields the user set explicitly.
+
+    Returns:
+        `(config, saved)`: the saved configuration (with the free flags of
+        `RESUME_FREE` taken from `cfg`), and the raw saved `config.json`.
+
+    Raises:
+        UsageError: If there is no run to resume, or a given flag
+            contradicts the saved configuration.
+    """
+    path = os.path.join(cfg.output_dir, "config.json")
+    if not os.path.isfile(path):
+        raise UsageError(f"--resume: no config.json in {cfg.output_dir}: there is no run to resume")
+    with open(path) as f:
+        saved = json.load(f)
+    fields = {k: saved[k] for k in TrainConfig.__dataclass_fields__ if k in saved}
+    for key in sorted(given):
+        mine = getattr(cfg, key)
+        if key in RESUME_FREE:
+            fields[key] = mine
+            continue
+        theirs = fields.get(key)
+        same = (
+            os.path.realpath(mine) == os.path.realpath(theirs)
+            if key == "data_dir" and theirs
+            else mine == theirs
+        )
+        if not same:
+            raise UsageError(
+                f"--resume: --{key.replace('_', '-')} {mine} contradicts the run in {cfg.output_dir} "
+                f"({theirs}); leave the flag out, or start a new run in another --output-dir"
+            )
+    return TrainConfig(**fields), saved
+
+
+def clear_run(output_dir: str) -> list[str]:
+    """Remove what a new run replaces: the best model, resume state, progress pictures.
+
+    Args:
+        output_dir: Run folder.
+
+    Returns:
+        Names removed.
+    """
+    removed = []
+    for name in (MODEL_FILE, os.path.splitext(MODEL_FILE)[0] + ".json", "resume", "progress", "progress.gif"):
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def progress_samples(files: list[str], count: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -405,31 +483,70 @@ def write_prediction_panels(
     return paths
 
 
-def run_training(cfg: TrainConfig) -> dict:
+def run_training(
+    cfg: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    given: frozenset[str] | set[str] = frozenset(),
+) -> dict:
     """Train the UNet end to end and write every output of a run.
 
     Args:
         cfg: Configuration (None fields are chosen for the machine).
+        resume: Continue the run in `cfg.output_dir` from its last complete
+            epoch, with its saved configuration.
+        overwrite: Replace an earlier model in the output folder instead of
+            keeping it under a dated name; start anew over an unfinished run.
+        given: Fields the user set explicitly (checked against the saved
+            configuration when resuming).
 
     Returns:
         A summary dict: best validation mean IoU and epoch, output paths.
 
     Raises:
         UsageError: For bad flags or data.
+        TrainingError: When a save fails or the loss stops being finite.
     """
     from data_pipeline import class_frequencies, decoded_dataset, make_dataset
 
     t_start = time.perf_counter()
     on_gpu = gpu_available()
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite: choose one (continue the run, or start anew over it)")
+    saved = None
+    if resume:
+        cfg, saved = resume_config(cfg, given)
     cfg, policy, reasons = resolve_config(cfg, on_gpu)
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("--tensorboard: the tensorboard package is not installed (pip install tensorboard)")
-    train_files, val_files, val_source, skipped = find_data(cfg)
-
-    os.makedirs(cfg.output_dir, exist_ok=True)
     out = lambda name: os.path.join(cfg.output_dir, name)  # noqa: E731
     model_path = out(MODEL_FILE)
+    state = ResumeState.load(out("resume")) if os.path.isdir(out("resume")) else None
+    if resume:
+        if state is None:
+            raise UsageError(f"--resume: no complete epoch saved in {out('resume')}: start a new run instead")
+        if state[0] >= cfg.epochs:
+            raise UsageError(
+                f"--resume: the run in {cfg.output_dir} already finished its {cfg.epochs} epochs"
+            )
+        if policy != saved.get("precision_policy", policy):
+            raise UsageError(
+                f"--resume: this machine resolves --precision {cfg.precision} to {policy}, the run used "
+                f"{saved['precision_policy']}; pass --precision {saved['precision_policy']}"
+            )
+    elif state is not None and state[0] < cfg.epochs and not overwrite:
+        raise UsageError(
+            f"--output-dir {cfg.output_dir}: holds an unfinished run ({state[0]} epochs done): continue it "
+            "with --resume, start anew over it with --overwrite, or choose another --output-dir"
+        )
+    train_files, val_files, val_source, skipped = find_data(cfg)
+    if resume and (len(train_files), len(val_files)) != (saved.get("train_files"), saved.get("val_files")):
+        raise UsageError(
+            f"--resume: the data changed: {len(train_files)} training and {len(val_files)} validation pairs "
+            f"now, {saved.get('train_files')} and {saved.get('val_files')} in the run"
+        )
 
+    os.makedirs(cfg.output_dir, exist_ok=True)
     print(f"Keras {keras.__version__}, backend {keras.backend.backend()}, {'GPU' if on_gpu else 'CPU'}")
     print("Configuration:")
     for line in reasons:
@@ -437,15 +554,22 @@ def run_training(cfg: TrainConfig) -> dict:
     print(f"  epochs = {cfg.epochs}, learning_rate = {cfg.learning_rate} ({cfg.schedule}), seed = {cfg.seed}")
     print(f"Data: {len(train_files)} training pairs, {len(val_files)} validation pairs ({val_source})")
     if skipped:
-        with open(out("skipped.txt"), "w") as f:
-            f.writelines(f"{p}\t{why}\n" for p, why in skipped)
+        uf.atomic_write_text(out("skipped.txt"), "".join(f"{p}\t{why}\n" for p, why in skipped))
         names = ", ".join(f"{os.path.basename(p)} ({why})" for p, why in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         print(f"Skipped {len(skipped)} unusable files: {names}{more} (list: {out('skipped.txt')})")
 
-    kept = keep_earlier_model(model_path)
-    if kept:
-        print(f"An earlier model was in {cfg.output_dir}: kept as {kept}")
+    if resume:
+        print(f"Resuming {cfg.output_dir} after epoch {state[0]} of {cfg.epochs}")
+    elif overwrite:
+        removed = clear_run(cfg.output_dir)
+        if removed:
+            print(f"--overwrite: removed the earlier {', '.join(removed)} from {cfg.output_dir}")
+    else:
+        kept = keep_earlier_model(model_path)
+        if kept:
+            print(f"An earlier model was in {cfg.output_dir}: kept as {kept}")
+        clear_run(cfg.output_dir)  # a finished run's resume state and pictures
 
     # ignore_errors() hides the dataset's length, so Keras finds the end of
     # the first epoch by running out of data; that is expected here.
@@ -454,7 +578,10 @@ def run_training(cfg: TrainConfig) -> dict:
     keras.mixed_precision.set_global_policy(policy)
     decoded = decoded_dataset(train_files, cfg.image_size)
     weights = None
-    if cfg.class_weights == "auto":
+    if resume:
+        if saved.get("class_weight_values"):
+            weights = np.array(saved["class_weight_values"], np.float32)
+    elif cfg.class_weights == "auto":
         t0 = time.perf_counter()
         freq = class_frequencies(decoded)  # also fills the decode cache
         weights = uf.class_weights(freq)
@@ -464,48 +591,78 @@ def run_training(cfg: TrainConfig) -> dict:
         print("  " + ", ".join(f"{c.name} {w:.2f}" for c, w in zip(uf.CLASSES, weights, strict=True)))
     train_ds = make_dataset(decoded, cfg.image_size, cfg.batch_size, True, cfg.seed, cfg.augment)
     val_ds = make_dataset(val_files, cfg.image_size, cfg.batch_size, False)
-    # TensorFlow's CPU kernels run bfloat16 slowly unless XLA compiles them
-    # (8x slower than float32 without XLA on an AVX2 CPU, on par with it).
-    # CPUs with bf16 units run it natively through oneDNN.
-    slow_bf16 = policy == "mixed_bfloat16" and not on_gpu and not cpu_has_bf16_matmul()
-    jit = True if slow_bf16 else "auto"
-    model = build_and_compile(cfg, math.ceil(len(train_files) / cfg.batch_size), weights, jit_compile=jit)
+    if resume:
+        # The model with its optimizer state: Adam's moments and step count,
+        # so the learning-rate schedule goes on where it stopped.
+        model = keras.models.load_model(state[1])
+    else:
+        # TensorFlow's CPU kernels run bfloat16 slowly unless XLA compiles
+        # them (8x slower than float32 without XLA on an AVX2 CPU, on par
+        # with it). CPUs with bf16 units run it natively through oneDNN.
+        slow_bf16 = policy == "mixed_bfloat16" and not on_gpu and not cpu_has_bf16_matmul()
+        jit = True if slow_bf16 else "auto"
+        model = build_and_compile(cfg, math.ceil(len(train_files) / cfg.batch_size), weights, jit_compile=jit)
 
-    uf.write_json(
-        out("config.json"),
-        {
-            **dataclasses.asdict(cfg),
-            "precision_policy": policy,
-            "train_files": len(train_files),
-            "val_files": len(val_files),
-            "val_source": val_source,
-            "keras_backend": keras.backend.backend(),
-            "class_weight_values": None if weights is None else [round(float(w), 4) for w in weights],
-        },
-    )
+    if not resume:
+        uf.write_json(
+            out("config.json"),
+            {
+                **dataclasses.asdict(cfg),
+                "precision_policy": policy,
+                "train_files": len(train_files),
+                "val_files": len(val_files),
+                "val_source": val_source,
+                "keras_backend": keras.backend.backend(),
+                "class_weight_values": None if weights is None else [round(float(w), 4) for w in weights],
+            },
+        )
     uf.write_json(out("classes.json"), uf.classes_table())
     arch = get_model_arch(model, cfg.output_dir)
     print(f"Model: {model.count_params():,} parameters; architecture in {arch}")
 
+    initial_epoch = state[0] if resume else 0
     checkpoint = BestModelCheckpoint(model_path)
     history = HistoryCSV(out("history.csv"))
-    callbacks = [checkpoint, history, keras.callbacks.TerminateOnNaN()]
+    non_finite = StopOnNonFinite()
+    if resume:
+        checkpoint.restore()
+        history.restore(initial_epoch)
+    callbacks = [non_finite, checkpoint, history]
     log_dir = out("logs") if cfg.tensorboard else None
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False))
     if cfg.progress_every:
         photos, truths = progress_samples(val_files, cfg.num_progress, cfg.image_size)
-        callbacks.append(ProgressPictures(photos, truths, cfg.output_dir, cfg.progress_every, log_dir))
+        progress = ProgressPictures(photos, truths, cfg.output_dir, cfg.progress_every, log_dir)
+        if resume:
+            progress.restore(initial_epoch)
+        callbacks.append(progress)
+    # Last: the state names an epoch only once its model and history are on disk.
+    callbacks.append(ResumeState(out("resume")))
     model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=cfg.epochs,
+        initial_epoch=initial_epoch,
         callbacks=callbacks,
         # The datasets shuffle themselves (seeded).
         shuffle=False,
         verbose=1 if sys.stdout.isatty() else 2,
     )
     curves = uf.plot_history(history.columns(), cfg.output_dir)
+    if non_finite.failed:
+        epoch, batch, loss = non_finite.failed
+        kept = (
+            f"the best model so far (epoch {checkpoint.best_epoch + 1}, validation mean IoU "
+            f"{checkpoint.best:.4f}) is kept in {model_path}"
+            if checkpoint.best_epoch is not None
+            else "no epoch finished with a finite loss, so no model was saved"
+        )
+        raise TrainingError(
+            f"the training loss became {loss} at epoch {epoch + 1}, batch {batch + 1}: stopped; {kept}. "
+            "Try a lower --learning-rate or --precision float32"
+        )
+    shutil.rmtree(out("resume"), ignore_errors=True)  # the run is complete
 
     panels = []
     if checkpoint.best_epoch is not None:

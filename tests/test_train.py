@@ -56,7 +56,7 @@ def test_checkpoint_replaces_only_on_improvement(tmp_path):
     assert not np.array_equal(
         keras.models.load_model(path).get_layer("head_conv").get_weights()[0], saved_kernel
     )
-    assert sorted(os.listdir(tmp_path)) == ["best.keras"]  # no temporary files left
+    assert sorted(os.listdir(tmp_path)) == ["best.json", "best.keras"]  # no temporary files left
 
 
 def test_save_load_in_fresh_process_without_project(tmp_path):
@@ -158,7 +158,8 @@ def test_main_end_to_end_tiny(tiny_data, tmp_path):
         0,
     )
     assert r2.returncode == 0, r2.stderr[-3000:]
-    kept = [n for n in os.listdir(out) if n.startswith("unet_model.") and n != "unet_model.keras"]
+    kept = [n for n in os.listdir(out) if n.startswith("unet_model.") and n.endswith(".keras")]
+    kept.remove("unet_model.keras")
     assert len(kept) == 1 and "kept as" in r2.stdout
 
 
