@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", type=str, default="output", help="folder for the model, history, curves and pictures"
     )
     p.add_argument("--epochs", type=int, default=10, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 16)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 8 on CPU, 16 on GPU)")
     p.add_argument(
         "--image-size",
         type=int,
@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         choices=["auto", "none"],
         help="auto: weight the loss per class by the inverse square root of its pixel share in the training split (clipped); none: plain cross-entropy",
+    )
+    p.add_argument(
+        "--loss",
+        type=str,
+        default="ce",
+        choices=["ce", "ce_dice"],
+        help="ce: (class-weighted) cross-entropy, a Keras built-in; ce_dice: plus a soft Dice term over the classes",
     )
     p.add_argument("--limit", type=int, default=None, help="use only the first N training pairs (smoke runs)")
     p.add_argument("--num-preds", type=int, default=4, help="validation samples drawn as pred_N.png")

@@ -92,3 +92,26 @@ def test_compiled_model_metrics_exclude_void():
     tp = np.diag(cm)
     union = cm.sum(0) + cm.sum(1) - tp
     assert abs(got["mean_iou"] - (tp[union > 0] / union[union > 0]).mean()) < 1e-4
+
+
+def test_uint8_batches_score_like_float32():
+    # The pipeline hands uint8 photos, one-hot masks and weights; Keras casts
+    # them in the step. Loss and metrics must equal those of float32 inputs.
+    import tensorflow as tf
+
+    from training import TrainConfig, build_and_compile
+
+    keras.utils.set_random_seed(0)
+    cfg = TrainConfig(image_size=32, base_filters=4, batch_size=4, epochs=1, schedule="constant")
+    model = build_and_compile(cfg, 1, np.linspace(0.5, 2, 19))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    ids = rng.integers(0, 19, (4, 32, 32))
+    ids[:, :5] = 255
+    y = tf.one_hot(ids, 19, dtype=tf.uint8).numpy()
+    w = (ids < 19).astype(np.uint8)
+    as_float = model.evaluate(
+        x.astype("float32"), y.astype("float32"), sample_weight=w.astype("float32"), verbose=0
+    )
+    as_uint8 = model.evaluate(x, y, sample_weight=w, verbose=0)
+    np.testing.assert_allclose(as_uint8, as_float, rtol=1e-6)

@@ -52,7 +52,7 @@ def test_to_model_inputs_one_hot_and_weights():
     ids = tf.constant([[[0, 255], [18, 3]]], tf.uint8)
     photo = tf.zeros((1, 2, 2, 3), tf.uint8)
     x, y, w = (t.numpy() for t in to_model_inputs(photo, ids))
-    assert x.dtype == np.float32 and y.shape == (1, 2, 2, 19)
+    assert x.dtype == y.dtype == w.dtype == np.uint8 and y.shape == (1, 2, 2, 19)
     np.testing.assert_array_equal(w, [[[1, 0], [1, 1]]])
     np.testing.assert_array_equal(y.sum(-1), w)
     assert y[0, 1, 0, 18] == 1 and y[0, 0, 1].sum() == 0

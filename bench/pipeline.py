@@ -1,0 +1,128 @@
+"""Input pipeline speed: the project's tf.data pipeline against a common baseline.
+
+Measures, on the same files in one run:
+  * the tf.data pipeline's first pass (read, JPEG decode, label colours ->
+    class ids, resize, one-hot masks), then its cached passes;
+  * a baseline in the style of common Kaggle loaders: a Python generator,
+    cv2 decode, nearest palette colour per pixel in NumPy, one-hot with
+    np.eye, float32;
+and the bytes per sample handed to the model.
+
+    python bench/pipeline.py --data-dir ../shared/data/cityscapes_pairs/train
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+
+def baseline_batches(files: list[str], size: int, batch: int, palette: np.ndarray, train_ids: np.ndarray):
+    """The common style: generator, cv2, per-pixel nearest colour in NumPy."""
+    import cv2
+
+    xs, ys = [], []
+    for f in files:
+        img = cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB)
+        w = img.shape[1] // 2
+        photo = cv2.resize(img[:, :w], (size, size)).astype(np.float32)
+        label = cv2.resize(img[:, w:], (size, size), interpolation=cv2.INTER_NEAREST)
+        pixels = label.reshape(-1, 1, 3).astype(np.float32)
+        nearest = np.linalg.norm(pixels - palette[None], axis=2).argmin(1)
+        ids = train_ids[nearest].reshape(size, size)
+        onehot = np.eye(20, dtype=np.float32)[np.minimum(ids, 19)][..., :19]
+        xs.append(photo)
+        ys.append(onehot)
+        if len(xs) == batch:
+            yield np.stack(xs), np.stack(ys)
+            xs, ys = [], []
+    if xs:
+        yield np.stack(xs), np.stack(ys)
+
+
+def timed(iterable) -> tuple[int, float, int]:
+    """Images, seconds and bytes per sample of one pass over batches."""
+    t0 = time.perf_counter()
+    n, per_sample = 0, 0
+    for batch in iterable:
+        arrays = [np.asarray(t) for t in batch]
+        b = arrays[0].shape[0]
+        n += b
+        per_sample = sum(a.nbytes for a in arrays) // b
+    return n, time.perf_counter() - t0, per_sample
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default="../shared/data/cityscapes_pairs/train", help="folder of pair JPEGs")
+    p.add_argument("--size", type=int, default=256, help="image side handed to the model")
+    p.add_argument("--batch-size", type=int, default=16, help="batch size")
+    p.add_argument("--limit", type=int, default=None, help="use the first N files (default: all)")
+    p.add_argument("--baseline-files", type=int, default=300, help="files the (slow) baseline decodes")
+    p.add_argument("--cached-passes", type=int, default=3, help="passes over the cache")
+    args = p.parse_args()
+
+    import tensorflow as tf
+
+    import utils_func as uf
+    from data_pipeline import decoded_dataset, list_images, make_dataset, to_model_inputs
+
+    files = list_images(args.data_dir)[: args.limit]
+    if not files:
+        sys.exit(f"error: --data-dir {args.data_dir}: no .jpg files")
+    cores = os.cpu_count() or 1
+    print(
+        f"{len(files)} files from {args.data_dir}, {args.size}x{args.size}, batch {args.batch_size}, {cores} cores"
+    )
+    print(f"TensorFlow {tf.__version__}\n")
+
+    rows = []
+    # First pass: everything from the JPEG files (the cache fills as it goes).
+    decoded = decoded_dataset(files, args.size)
+    first = decoded.batch(args.batch_size).map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+    n, s, nbytes = timed(first.prefetch(tf.data.AUTOTUNE))
+    rows.append(("tf.data first pass (decode, ids, one-hot)", n, s, nbytes))
+    # Cached passes: the training pipeline as run_training builds it
+    # (shuffle, flip, batch, one-hot, prefetch).
+    train = make_dataset(decoded, args.size, args.batch_size, training=True, seed=0)
+    best = None
+    for _ in range(args.cached_passes):
+        n, s, nbytes = timed(train)
+        best = (n, s, nbytes) if best is None or s < best[1] else best
+    rows.append((f"tf.data cached pass (best of {args.cached_passes})", *best))
+
+    palette, ids = uf.decode_palette()
+    base_files = files[: args.baseline_files]
+    n, s, nbytes = timed(
+        baseline_batches(base_files, args.size, args.batch_size, palette.astype(np.float32), ids)
+    )
+    rows.append((f"baseline: generator + cv2 + NumPy nearest colour ({len(base_files)} files)", n, s, nbytes))
+
+    print(
+        f"{'pipeline':62s} {'images':>7s} {'seconds':>8s} {'img/s':>8s} {'img/s/core':>10s} {'MB/sample':>9s}"
+    )
+    for name, n, s, nbytes in rows:
+        print(f"{name:62s} {n:7d} {s:8.2f} {n / s:8.1f} {n / s / cores:10.1f} {nbytes / 1e6:9.3f}")
+    first_rate = rows[0][1] / rows[0][2]
+    cached_rate = rows[1][1] / rows[1][2]
+    base_rate = rows[2][1] / rows[2][2]
+    cache_mb = len(files) * (args.size * args.size * 4) / 1e6
+    print(
+        f"\ncache: {cache_mb:.0f} MB for {len(files)} pairs (uint8 photo + uint8 ids, {args.size}x{args.size})"
+    )
+    print(f"one-hot float32 would be {args.size * args.size * 19 * 4 / 1e6:.2f} MB per sample")
+    print("\nratios")
+    print(f"  first pass / baseline   {first_rate / base_rate:6.1f}x")
+    print(f"  cached pass / baseline  {cached_rate / base_rate:6.1f}x")
+    print(f"  cached / first pass     {cached_rate / first_rate:6.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""CPU training speed: images per second of a training step, by model and precision.
+
+Real pairs go through the project's pipeline (cached, so decoding is not
+timed) into `model.fit`; the first epoch (tracing, XLA compilation, cache
+fill) is not timed.
+
+    python bench/train_speed.py --data-dir ../shared/data/cityscapes_pairs/train
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# (name, image size, base filters, batch size)
+MODELS = {
+    "cpu-default": ("CPU default (112, 12 filters)", 112, 12, 8),
+    "classic": ("classic UNet (256, 64 filters)", 256, 64, 4),
+}
+# (policy, XLA)
+PRECISIONS = (("float32", False), ("float32", True), ("mixed_bfloat16", True), ("mixed_bfloat16", False))
+
+
+class Timer:
+    """Times every epoch after the first."""
+
+    def __init__(self):
+        import keras
+
+        outer = self
+
+        class _Cb(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                outer.t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch:
+                    outer.seconds.append(time.perf_counter() - outer.t0)
+
+        self.callback = _Cb()
+        self.seconds: list[float] = []
+
+
+def measure(files, size, base, batch, policy, xla, steps):
+    import keras
+
+    from data_pipeline import make_dataset
+    from training import TrainConfig, build_and_compile
+
+    keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(0)
+    cfg = TrainConfig(image_size=size, base_filters=base, batch_size=batch, epochs=3)
+    model = build_and_compile(cfg, steps, jit_compile=xla)
+    ds = make_dataset(files[: steps * batch], size, batch, training=True, seed=0)
+    timer = Timer()
+    model.fit(ds, epochs=3, verbose=0, callbacks=[timer.callback], shuffle=False)
+    keras.mixed_precision.set_global_policy("float32")
+    return steps * batch / min(timer.seconds)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default="../shared/data/cityscapes_pairs/train", help="folder of pair JPEGs")
+    p.add_argument("--models", default="cpu-default,classic", help=f"comma-separated: {', '.join(MODELS)}")
+    p.add_argument("--steps", type=int, default=6, help="training steps per timed epoch")
+    args = p.parse_args()
+
+    from data_pipeline import list_images
+    from training import cpu_has_bf16_matmul
+
+    files = list_images(args.data_dir)
+    print(f"CPU: {os.cpu_count()} cores, bf16 matrix units: {cpu_has_bf16_matmul()}")
+    print(f"{'model':34s} {'precision':15s} {'XLA':>4s} {'batch':>5s} {'img/s':>7s} {'vs f32':>7s}")
+    for key in args.models.split(","):
+        name, size, base, batch = MODELS[key]
+        base_rate = None
+        for policy, xla in PRECISIONS:
+            rate = measure(files, size, base, batch, policy, xla, args.steps)
+            base_rate = base_rate or rate
+            print(
+                f"{name:34s} {policy:15s} {'on' if xla else 'off':>4s} {batch:5d} {rate:7.2f} {rate / base_rate:6.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()

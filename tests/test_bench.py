@@ -1,0 +1,33 @@
+"""The benchmark scripts run end to end on tiny inputs and print their tables."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, write_pairs
+
+pytest.importorskip("tensorflow")
+
+
+def _bench(script, *args):
+    cmd = [sys.executable, os.path.join(ROOT, "bench", script), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+
+
+def test_pipeline_bench_tiny(tmp_path):
+    write_pairs(tmp_path, 8, size=32)
+    r = _bench("pipeline.py", "--data-dir", tmp_path, "--size", 32, "--batch-size", 4, "--baseline-files", 4)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "tf.data first pass" in r.stdout and "baseline" in r.stdout
+    assert "first pass / baseline" in r.stdout
+    # Bytes per sample: uint8 photo, one-hot and weights at 32x32.
+    assert f"{(32 * 32 * (3 + 19 + 1)) / 1e6:9.3f}" in r.stdout
+
+
+def test_gpu_throughput_tiny_on_cpu():
+    r = _bench("gpu_throughput.py", "--tiny", "--policies", "float32,mixed_bfloat16")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "keras float32" in r.stdout and "keras mixed_bfloat16" in r.stdout
+    assert "matmul peak" in r.stdout and "MFU" in r.stdout
