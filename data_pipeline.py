@@ -183,16 +183,18 @@ def tf_colors_to_ids(label_rgb: tf.Tensor, max_distance: float = MAX_COLOR_DISTA
     return tf.reshape(ids, tf.shape(label_rgb)[:2])
 
 
-def decode_pair(path: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+def decode_pair(path: tf.Tensor, image_size: int, full_labels: bool = False):
     """Read one pair file and return the resized photo and label ids.
 
     Args:
         path: Scalar string tensor.
         image_size: Side of the square output.
+        full_labels: Also return the ids at the label's own resolution.
 
     Returns:
         `(photo, ids)`: uint8 `(image_size, image_size, 3)` and uint8
-        `(image_size, image_size)`.
+        `(image_size, image_size)`; with `full_labels`, `(photo, ids,
+        full_ids)` where `full_ids` is uint8 `(H, W)` at the label's size.
     """
     # INTEGER_ACCURATE: the same pixels as libjpeg/OpenCV, so every decoder of
     # this project gives the same class ids.
@@ -204,11 +206,11 @@ def decode_pair(path: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]
     photo = tf.cast(tf.round(tf.clip_by_value(photo, 0, 255)), tf.uint8)
     # Ids are decoded at the label's own resolution, then resized with
     # nearest neighbour only: class ids must never be interpolated.
-    ids = tf_colors_to_ids(label)[..., None]
-    ids = tf.image.resize(ids, (image_size, image_size), method="nearest")[..., 0]
+    full_ids = tf_colors_to_ids(label)
+    ids = tf.image.resize(full_ids[..., None], (image_size, image_size), method="nearest")[..., 0]
     photo.set_shape((image_size, image_size, 3))
     ids.set_shape((image_size, image_size))
-    return photo, ids
+    return (photo, ids, full_ids) if full_labels else (photo, ids)
 
 
 def to_model_inputs(photo: tf.Tensor, ids: tf.Tensor, num_classes: int = NUM_CLASSES):

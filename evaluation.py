@@ -106,12 +106,17 @@ def predict_ids(model, photos: np.ndarray, batch_size: int = 16) -> np.ndarray:
     return probs.argmax(-1).astype(np.uint8)
 
 
-def evaluate_files(model, files: list[str], batch_size: int = 16) -> np.ndarray:
-    """Confusion matrix of `model` over pair files, at the model's input size.
+def evaluate_files(model, files: list[str], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Confusion matrices of `model` over pair files, at two resolutions.
 
-    Photos and labels go through the training pipeline's decoding (labels by
-    nearest colour at full size, then nearest-neighbour resizing), so the
-    figures are those training reports for the same split.
+    Photos go through the training pipeline's decoding (area resize to the
+    model's input size), and labels are decoded by nearest colour at their
+    own size. The first matrix compares the argmax with the labels resized
+    to the model's size by nearest neighbour: the figures training reports
+    for the same split. The second compares with the labels at their own
+    size, the model's scores resized bilinearly first (as `predict` does):
+    no label is resampled, so it does not depend on how a nearest-neighbour
+    resize picks its pixels.
 
     Args:
         model: Trained model with a square input.
@@ -119,15 +124,33 @@ def evaluate_files(model, files: list[str], batch_size: int = 16) -> np.ndarray:
         batch_size: Batch size.
 
     Returns:
-        `(19, 19)` confusion matrix.
+        `(cm_model_size, cm_label_size)`, each a `(19, 19)` confusion matrix.
     """
-    from data_pipeline import decoded_dataset
+    import tensorflow as tf
+
+    from data_pipeline import decode_pair
+    from prediction import probabilities_to_ids
 
     size = int(model.input_shape[1])
+
+    def decode(path):
+        photo, ids, full_ids = decode_pair(path, size, full_labels=True)
+        return photo, ids, full_ids, tf.shape(full_ids)
+
+    ds = tf.data.Dataset.from_tensor_slices(files).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    # Labels of different sizes batch together padded with the ignore value;
+    # each prediction is resized to its own label's (height, width).
+    ds = ds.ignore_errors(log_warning=True).padded_batch(
+        batch_size, padding_values=(np.uint8(0), np.uint8(uf.IGNORE_ID), np.uint8(uf.IGNORE_ID), 0)
+    )
     cm = np.zeros((uf.NUM_CLASSES, uf.NUM_CLASSES), np.int64)
-    for photos, ids in decoded_dataset(files, size).batch(batch_size):
-        cm += confusion_matrix(ids.numpy(), predict_ids(model, photos.numpy(), batch_size))
-    return cm
+    cm_full = np.zeros_like(cm)
+    for photos, ids, full_ids, shapes in ds.prefetch(1):
+        probs = model.predict(photos.numpy().astype(np.float32), batch_size=batch_size, verbose=0)
+        cm += confusion_matrix(ids.numpy(), probs.argmax(-1))
+        for p, full, (h, w) in zip(probs, full_ids.numpy(), shapes.numpy(), strict=True):
+            cm_full += confusion_matrix(full[:h, :w], probabilities_to_ids(p, h, w))
+    return cm, cm_full
 
 
 def markdown_report(result: dict, title: str = "Evaluation") -> str:
@@ -136,23 +159,41 @@ def markdown_report(result: dict, title: str = "Evaluation") -> str:
     def fmt(v):
         return "-" if v is None else f"{v:.4f}"
 
+    metrics = [
+        ("mean IoU (19 classes)", "mean_iou"),
+        ("pixel accuracy", "pixel_accuracy"),
+        ("mean class accuracy", "mean_class_accuracy"),
+        ("mean IoU (7 categories)", "category_mean_iou"),
+    ]
     lines = [f"# {title}", ""]
+    full = result.get("label_resolution")
+    if full is None:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {label} | {fmt(result[key])} |" for label, key in metrics]
+        lines += [f"| labelled pixels scored | {result['pixels']:,} |"]
+    else:
+        size = result.get("image_size", "model")
+        lines += [
+            f"| metric | at the model's size ({size}x{size}) | at the labels' own size |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {label} | {fmt(result[key])} | {fmt(full[key])} |" for label, key in metrics]
+        lines += [f"| labelled pixels scored | {result['pixels']:,} | {full['pixels']:,} |"]
+    # Per class and per category: at the model's size, plus the IoU at the
+    # labels' own size when it was scored.
+    extra = " | IoU at label size" if full else ""
     lines += [
-        "| metric | value |",
-        "|---|---|",
-        f"| mean IoU (19 classes) | {fmt(result['mean_iou'])} |",
-        f"| pixel accuracy | {fmt(result['pixel_accuracy'])} |",
-        f"| mean class accuracy | {fmt(result['mean_class_accuracy'])} |",
-        f"| mean IoU (7 categories) | {fmt(result['category_mean_iou'])} |",
-        f"| labelled pixels scored | {result['pixels']:,} |",
         "",
-        "| class | IoU | accuracy | pixels |",
-        "|---|---|---|---|",
+        f"| class | IoU | accuracy | pixels{extra} |",
+        "|---|---|---|---|" + ("---|" if full else ""),
     ]
     for name, r in result["per_class"].items():
-        lines.append(f"| {name} | {fmt(r['iou'])} | {fmt(r['accuracy'])} | {r['pixels']:,} |")
-    lines += ["", "| category | IoU |", "|---|---|"]
-    lines += [f"| {name} | {fmt(v)} |" for name, v in result["per_category"].items()]
+        more = f" | {fmt(full['per_class'][name]['iou'])}" if full else ""
+        lines.append(f"| {name} | {fmt(r['iou'])} | {fmt(r['accuracy'])} | {r['pixels']:,}{more} |")
+    lines += ["", f"| category | IoU{extra} |", "|---|---|" + ("---|" if full else "")]
+    for name, v in result["per_category"].items():
+        more = f" | {fmt(full['per_category'][name])}" if full else ""
+        lines.append(f"| {name} | {fmt(v)}{more} |")
     return "\n".join(lines) + "\n"
 
 
@@ -191,19 +232,26 @@ def plot_confusion(cm: np.ndarray, path: str) -> None:
     plt.close(fig)
 
 
-def write_report(cm: np.ndarray, output_dir: str, meta: dict | None = None) -> dict:
+def write_report(
+    cm: np.ndarray, output_dir: str, meta: dict | None = None, cm_full: np.ndarray | None = None
+) -> dict:
     """Write `report.json`, `report.md` and `confusion_matrix.png`.
 
     Args:
-        cm: `(19, 19)` confusion matrix.
+        cm: `(19, 19)` confusion matrix at the model's size; the per-class
+            table and the picture show it.
         output_dir: Destination folder (created).
         meta: Extra fields for `report.json` (model, files, ...).
+        cm_full: Optional `(19, 19)` confusion matrix at the labels' own
+            size; its scores go under `label_resolution`.
 
     Returns:
         The scores (see `scores`), with `meta` merged in.
     """
     os.makedirs(output_dir, exist_ok=True)
     result = {**(meta or {}), **scores(cm), "confusion_matrix": cm.tolist()}
+    if cm_full is not None:
+        result["label_resolution"] = {**scores(cm_full), "confusion_matrix": cm_full.tolist()}
     uf.atomic_write_text(os.path.join(output_dir, "report.json"), json.dumps(result, indent=2) + "\n")
     uf.atomic_write_text(os.path.join(output_dir, "report.md"), markdown_report(result))
     plot_confusion(cm, os.path.join(output_dir, "confusion_matrix.png"))
@@ -296,11 +344,12 @@ def run_evaluate(model_path: str, data_dir: str | None, output_dir: str | None, 
     files, source = resolve_eval_files(model_path, data_dir)
     out = output_dir or os.path.join(os.path.dirname(os.path.abspath(model_path)), "eval")
     print(f"Scoring {model_path} on {len(files)} pairs: {source}")
-    cm = evaluate_files(model, files, batch_size)
+    cm, cm_full = evaluate_files(model, files, batch_size)
     result = write_report(
         cm,
         out,
         {"model": model_path, "files": len(files), "source": source, "image_size": int(model.input_shape[1])},
+        cm_full,
     )
     print(markdown_report(result, title=f"{os.path.basename(model_path)} on {len(files)} pairs"))
     print(f"Wrote {out}/report.json, report.md, confusion_matrix.png")

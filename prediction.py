@@ -202,7 +202,12 @@ def _unique_stems(files: list[str]) -> list[str]:
 
 
 def run_predict(
-    model_path: str, inputs: list[str], out_dir: str, pairs: bool = False, batch_size: int = 8
+    model_path: str,
+    inputs: list[str],
+    out_dir: str,
+    pairs: bool = False,
+    batch_size: int = 8,
+    engine: str = "auto",
 ) -> dict:
     """Predict every input photo and write its mask, overlay and class ids.
 
@@ -218,6 +223,7 @@ def run_predict(
         out_dir: Output folder.
         pairs: Treat inputs as side-by-side pairs.
         batch_size: Prediction batch size.
+        engine: `auto`, `keras` or `openvino` (see `model_export.load_engine`).
 
     Returns:
         Summary: counts, seconds, skipped files and, for pairs, the scores.
@@ -227,14 +233,15 @@ def run_predict(
     """
     import keras
 
-    from evaluation import confusion_matrix, load_segmentation_model, scores
+    from evaluation import confusion_matrix, scores
+    from model_export import load_engine
     from training import UsageError
 
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
     files = collect_inputs(inputs)
-    model = load_segmentation_model(model_path)
-    size = int(model.input_shape[1])
+    runner = load_engine(model_path, engine)
+    size = runner.input_size
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
@@ -257,7 +264,7 @@ def run_predict(
                 skipped.append((f, str(e)))
         if batch:
             x = np.stack([resize_photo(photo, size) for _, _, photo, _ in batch]).astype(np.float32)
-            probs = model.predict(x, batch_size=batch_size, verbose=0)
+            probs = runner.predict(x)
             for (f, stem, photo, truth), p in zip(batch, probs, strict=True):
                 ids = probabilities_to_ids(p, *photo.shape[:2])
                 base = os.path.join(out_dir, stem)
@@ -290,11 +297,12 @@ def run_predict(
         "seconds": round(seconds, 2),
         "out_dir": out_dir,
         "model_input": size,
+        "engine": runner.name,
     }
     noun = ("pair" if pairs else "photo") + ("s" if written != 1 else "")
     line = (
         f"Predicted {written} {noun} in {seconds:.1f} s "
-        f"({written / max(seconds, 1e-9):.1f}/s) at the model's {size}x{size}, written to {out_dir}/"
+        f"({written / max(seconds, 1e-9):.1f}/s) at the model's {size}x{size} ({runner.name}), written to {out_dir}/"
     )
     if skipped:
         line += f"; skipped {len(skipped)}"

@@ -14,8 +14,11 @@ sys.path.insert(0, ROOT)
 
 SHARED_TRAIN = os.path.join(ROOT, "..", "shared", "data", "cityscapes_pairs", "train")
 
-#: Flags of a tiny, fast training run.
-TINY = ("--image-size", 32, "--base-filters", 4, "--batch-size", 4)
+#: Flags of a tiny training run, XLA as the machine's default.
+TINY_DEFAULT_XLA = ("--image-size", 32, "--base-filters", 4, "--batch-size", 4)
+#: Flags of a tiny, fast training run: XLA compilation would take longer
+#: than such a run itself.
+TINY = (*TINY_DEFAULT_XLA, "--xla", "off")
 
 
 def run_main(*args, cwd=None):

@@ -31,3 +31,29 @@ def test_gpu_throughput_tiny_on_cpu():
     assert r.returncode == 0, r.stderr[-3000:]
     assert "keras float32" in r.stdout and "keras mixed_bfloat16" in r.stdout
     assert "matmul peak" in r.stdout and "MFU" in r.stdout
+
+
+def test_inference_bench_tiny(tmp_path):
+    pytest.importorskip("openvino")
+    import keras
+
+    import utils_func as uf
+    from segmentation_model import build_unet
+
+    write_pairs(tmp_path / "pairs", 4, size=32)
+    build_unet(32, uf.NUM_CLASSES, (4, 8, 16, 32)).save(tmp_path / "m.keras")
+    r = _bench(
+        "inference.py",
+        "--model",
+        tmp_path / "m.keras",
+        "--data-dir",
+        tmp_path / "pairs",
+        "--photos",
+        4,
+        "--repeats",
+        3,
+        "--no-classic",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "openvino" in r.stdout and "x faster at batch 1" in r.stdout and "same argmax on" in r.stdout
+    keras.backend.clear_session()

@@ -61,6 +61,12 @@ def test_evaluate_end_to_end_matches_training_metrics(tiny_data, tmp_path):
     # Same files, same decoding, same void rule: the figures training logged.
     assert report["mean_iou"] == pytest.approx(float(best["val_mean_iou"]), abs=1e-4)
     assert report["pixel_accuracy"] == pytest.approx(float(best["val_accuracy"]), abs=1e-4)
+    # Training ran at 32x32, the labels' own size: both figures agree.
+    full = report["label_resolution"]
+    assert full["mean_iou"] == pytest.approx(report["mean_iou"], abs=1e-6)
+    assert full["pixels"] == report["pixels"]
+    md = open(out / "eval" / "report.md").read()
+    assert "at the labels' own size" in md and "IoU at label size" in md
 
 
 def test_evaluate_bad_model_file(tmp_path):
@@ -70,3 +76,55 @@ def test_evaluate_bad_model_file(tmp_path):
     assert r.returncode == 2 and "--model" in r.stderr and "Traceback" not in r.stderr
     r = run_main("evaluate", "--model", tmp_path / "missing.keras")
     assert r.returncode == 2 and "file not found" in r.stderr
+
+
+def _decode_labels(paths):
+    import cv2
+
+    from utils_func import colors_to_ids
+
+    out = []
+    for p in paths:
+        pair = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
+        out.append(colors_to_ids(pair[:, pair.shape[1] // 2 :]))
+    return np.stack(out)
+
+
+def test_full_resolution_scores_hand_checked(tmp_path):
+    """A model that says "road" everywhere, at half the labels' size: the
+    label-size matrix holds every labelled full-size pixel in column 0."""
+    import keras
+
+    from conftest import write_pairs
+    from evaluation import evaluate_files
+
+    paths = write_pairs(tmp_path / "pairs", 3, size=32)
+    inputs = keras.Input((16, 16, 3))
+    head = keras.layers.Conv2D(19, 1)
+    model = keras.Model(inputs, keras.layers.Activation("softmax")(head(inputs)))
+    bias = np.zeros(19, np.float32)
+    bias[0] = 5.0
+    head.set_weights([np.zeros((1, 1, 3, 19), np.float32), bias])
+    cm, cm_full = evaluate_files(model, [str(p) for p in paths], batch_size=2)
+
+    ids = _decode_labels(paths)  # (3, 32, 32), decoded at full size
+    counts = np.bincount(ids[ids < 19].ravel(), minlength=19)
+    assert cm_full[:, 0].tolist() == counts.tolist()
+    assert cm_full[:, 1:].sum() == 0
+    assert cm.sum() == cm[:, 0].sum() > 0  # at 16x16: about a quarter of the pixels
+    assert abs(cm.sum() * 4 - cm_full.sum()) <= 0.1 * cm_full.sum()
+
+
+def test_full_resolution_equals_model_size_when_sizes_match(tmp_path):
+    import keras
+
+    from conftest import write_pairs
+    from evaluation import evaluate_files
+    from segmentation_model import build_unet
+
+    paths = write_pairs(tmp_path / "pairs", 5, size=32)
+    keras.utils.set_random_seed(1)
+    model = build_unet(32, widths=(4, 8, 16, 32))
+    cm, cm_full = evaluate_files(model, [str(p) for p in paths], batch_size=2)
+    assert cm.sum() > 0 and cm.shape == (19, 19)
+    np.testing.assert_array_equal(cm, cm_full)

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from callbacks import BestModelCheckpoint  # noqa: E402
-from conftest import TINY, run_main, write_pairs  # noqa: E402
+from conftest import TINY, TINY_DEFAULT_XLA, run_main, write_pairs  # noqa: E402
 from data_pipeline import make_dataset  # noqa: E402
 from training import TrainConfig, build_and_compile  # noqa: E402
 
@@ -93,12 +93,14 @@ def test_main_end_to_end_tiny(tiny_data, tmp_path):
         out,
         "--epochs",
         2,
-        *TINY,
+        *TINY_DEFAULT_XLA,
         "--num-preds",
         2,
         "--tensorboard",
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    if keras.backend.backend() == "tensorflow":
+        assert "XLA: on (--xla auto)" in r.stdout
     for name in (
         "unet_model.keras",
         "history.csv",
@@ -226,3 +228,14 @@ def test_plot_from_history_without_retraining(tmp_path):
         assert (tmp_path / "curves" / name).stat().st_size > 5000
     r = run_main("plot", "--history", tmp_path / "missing.csv")
     assert r.returncode == 2 and "--history" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_xla_choice():
+    from training import resolve_xla
+
+    assert resolve_xla("on", on_gpu=True) is True
+    assert resolve_xla("off", on_gpu=False, slow_bf16=True) is False
+    # CPU TensorFlow: Keras' own "auto" would leave XLA off; it is on here.
+    assert resolve_xla("auto", on_gpu=False) is (True if keras.backend.backend() == "tensorflow" else "auto")
+    assert resolve_xla("auto", on_gpu=False, slow_bf16=True) is True
+    assert resolve_xla("auto", on_gpu=True) == "auto"

@@ -1,0 +1,129 @@
+"""CPU inference: Keras against the OpenVINO export, latency and throughput.
+
+For each model: milliseconds per 256x256 (or the model's size) photo at
+batch 1 (median of repeated calls) and images per second at batch 16,
+through `keras.Model.predict_on_batch` and through the OpenVINO IR that
+`python main.py export` writes; then the share of pixels whose argmax agrees,
+on real validation photos. Ratios last.
+
+    python bench/inference.py --model output/unet_model.keras \
+        --data-dir ../shared/data/cityscapes_pairs/train
+
+`--model` is a trained model (its agreement is the meaningful one); the
+classic 64-filter UNet is added untrained (speed only) unless `--no-classic`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+
+def latency_ms(fn, x: np.ndarray, repeats: int) -> float:
+    """Median milliseconds of `fn(x)` after two warm-up calls."""
+    fn(x)
+    fn(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def throughput(fn, x: np.ndarray, repeats: int) -> float:
+    """Images per second of `fn(x)` (best of `repeats` after a warm-up)."""
+    fn(x)
+    best = min(_time(fn, x) for _ in range(repeats))
+    return len(x) / best
+
+
+def _time(fn, x):
+    t0 = time.perf_counter()
+    fn(x)
+    return time.perf_counter() - t0
+
+
+def real_photos(data_dir: str, size: int, count: int) -> np.ndarray:
+    """The left halves of the last `count` pairs in `data_dir`, resized."""
+    from data_pipeline import list_images
+    from prediction import read_photo, resize_photo, split_pair
+
+    files = list_images(data_dir)[-count:]
+    return np.stack([resize_photo(split_pair(read_photo(f))[0], size) for f in files]).astype(np.float32)
+
+
+def measure(name: str, model, photos: np.ndarray, repeats: int, workdir: str) -> dict:
+    """Time one Keras model and its OpenVINO export; compare their argmax."""
+    from model_export import _openvino_engine
+
+    xml = os.path.join(workdir, f"{name.split()[0]}.xml")
+    model.export(xml, format="openvino", verbose=False)
+    ov = _openvino_engine(xml, "bench")
+    engines = {"keras": lambda x: np.asarray(model.predict_on_batch(x)), "openvino": ov.predict}
+    row = {"name": name}
+    for engine, fn in engines.items():
+        row[f"{engine}_ms"] = latency_ms(fn, photos[:1], repeats)
+        row[f"{engine}_ips"] = throughput(fn, photos[:16], max(2, repeats // 5))
+    ref = np.concatenate([engines["keras"](photos[i : i + 16]).argmax(-1) for i in range(0, len(photos), 16)])
+    got = np.concatenate([ov.predict(photos[i : i + 16]).argmax(-1) for i in range(0, len(photos), 16)])
+    row["agreement"] = float((ref == got).mean())
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="output/unet_model.keras", help="trained .keras model")
+    p.add_argument(
+        "--data-dir", default="../shared/data/cityscapes_pairs/train", help="pair JPEGs for photos"
+    )
+    p.add_argument("--photos", type=int, default=64, help="real photos for the agreement check")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls at batch 1")
+    p.add_argument("--no-classic", action="store_true", help="skip the untrained classic 64-filter UNet")
+    args = p.parse_args()
+
+    import keras
+
+    import utils_func as uf
+    from segmentation_model import build_unet
+    from training import cpu_has_bf16_matmul
+
+    models = []
+    trained = keras.models.load_model(args.model, compile=False)
+    models.append((f"{os.path.basename(args.model)} ({trained.input_shape[1]}, trained)", trained))
+    if not args.no_classic:
+        keras.utils.set_random_seed(0)
+        models.append(("classic UNet (256, 64 filters, untrained)", build_unet(256, uf.NUM_CLASSES)))
+
+    print(f"CPU: {os.cpu_count()} cores, bf16 matrix units: {cpu_has_bf16_matmul()}")
+    head = f"{'model':44s} {'engine':9s} {'ms/img b1':>10s} {'img/s b16':>10s}"
+    print(head)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in models:
+            size = int(model.input_shape[1])
+            photos = real_photos(args.data_dir, size, max(16, args.photos))
+            row = measure(name, model, photos, args.repeats, tmp)
+            rows.append(row)
+            for engine in ("keras", "openvino"):
+                print(f"{name:44s} {engine:9s} {row[f'{engine}_ms']:10.1f} {row[f'{engine}_ips']:10.1f}")
+    print()
+    for row in rows:
+        print(
+            f"{row['name']}: OpenVINO {row['keras_ms'] / row['openvino_ms']:.2f}x faster at batch 1, "
+            f"{row['openvino_ips'] / row['keras_ips']:.2f}x at batch 16; "
+            f"same argmax on {100 * row['agreement']:.2f}% of pixels ({len(photos)} real photos)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""export: an OpenVINO model that predicts what the Keras model predicts."""
+
+import os
+import time
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+import utils_func as uf
+from conftest import make_pair, run_main
+from segmentation_model import build_unet
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A 32x32 UNet with well separated class scores, saved as .keras."""
+    keras.utils.set_random_seed(5)
+    model = build_unet(32, uf.NUM_CLASSES, (4, 8, 16, 32), 64)
+    head = model.get_layer("head_conv")
+    kernel, bias = head.get_weights()
+    # Untrained scores are nearly tied; scaled up, the argmax is decided by
+    # the model rather than by rounding, so engines can be compared.
+    head.set_weights([kernel * 30, bias])
+    folder = tmp_path_factory.mktemp("run")
+    model.save(folder / "unet_model.keras")
+    return folder
+
+
+def _photos(folder, count=3):
+    folder.mkdir(exist_ok=True)
+    for i in range(count):
+        pair, _ = make_pair(32, i)
+        cv2.imwrite(str(folder / f"p{i}.png"), cv2.cvtColor(pair[:, :32], cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def test_export_openvino_then_predict_agrees_with_keras(model_dir, tmp_path):
+    model = model_dir / "unet_model.keras"
+    r = run_main("export", "--model", model)
+    assert r.returncode == 0, r.stderr[-3000:]
+    xml = model_dir / "unet_model.xml"
+    assert xml.stat().st_size > 0 and (model_dir / "unet_model.bin").stat().st_size > 0
+    assert "same class as Keras on" in r.stdout and "synthetic photos" in r.stdout
+    share = float(r.stdout.split("same class as Keras on ")[1].split("%")[0])
+    assert share >= 99.5
+    assert not list(model_dir.glob("*.tmp.*"))  # written under temporary names, then renamed
+
+    photos = _photos(tmp_path / "photos")
+    outs = {}
+    for engine, m in (("keras", model), ("openvino", xml), ("openvino", model)):
+        out = tmp_path / f"out_{engine}_{m.suffix}"
+        r = run_main("predict", "--model", m, "--engine", engine, "--out", out, photos)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"({engine})" in r.stdout
+        outs[(engine, m.suffix)] = [
+            cv2.imread(str(out / f"p{i}_ids.png"), cv2.IMREAD_UNCHANGED) for i in range(3)
+        ]
+    ref = np.stack(outs[("keras", ".keras")])
+    for key in (("openvino", ".xml"), ("openvino", ".keras")):
+        got = np.stack(outs[key])
+        assert got.shape == ref.shape == (3, 32, 32)
+        assert (got == ref).mean() >= 0.995
+
+
+def test_engine_errors_are_one_line(model_dir, tmp_path):
+    photos = _photos(tmp_path / "photos", 1)
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "unet_model.keras").write_bytes((model_dir / "unet_model.keras").read_bytes())
+    r = run_main("predict", "--model", lonely / "unet_model.keras", "--engine", "openvino", photos)
+    assert r.returncode == 2 and "main.py export --model" in r.stderr and "Traceback" not in r.stderr
+
+    # An export older than its model is refused: it would predict for the old one.
+    r = run_main("export", "--model", lonely / "unet_model.keras")
+    assert r.returncode == 0, r.stderr[-2000:]
+    future = time.time() + 60
+    os.utime(lonely / "unet_model.keras", (future, future))
+    r = run_main("predict", "--model", lonely / "unet_model.keras", "--engine", "openvino", photos)
+    assert r.returncode == 2 and "is older than" in r.stderr
+
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<not a model/>")
+    r = run_main("predict", "--model", bad, photos)
+    assert r.returncode == 2 and "not a usable OpenVINO model" in r.stderr and "Traceback" not in r.stderr
+    r = run_main("export", "--model", lonely / "unet_model.keras", "--out", tmp_path / "x.onnx")
+    assert r.returncode == 2 and "--out" in r.stderr and ".xml" in r.stderr
+
+
+def test_export_saved_model(model_dir, tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    out = tmp_path / "sm"
+    r = run_main(
+        "export", "--model", model_dir / "unet_model.keras", "--format", "tf_saved_model", "--out", out
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    loaded = tf.saved_model.load(str(out))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    want = keras.models.load_model(model_dir / "unet_model.keras", compile=False).predict(x, verbose=0)
+    np.testing.assert_allclose(loaded.serve(x).numpy(), want, atol=1e-4)
