@@ -17,7 +17,7 @@ import struct
 import numpy as np
 import tensorflow as tf
 
-from utils_func import IGNORE_ID, MAX_COLOR_DISTANCE, NUM_CLASSES, decode_palette
+from utils_func import AUGMENTS, IGNORE_ID, MAX_COLOR_DISTANCE, NUM_CLASSES, decode_palette
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 # Decoding a pair takes height * width * 3 bytes; a full-resolution
@@ -245,6 +245,55 @@ def _flip(photo: tf.Tensor, ids: tf.Tensor, seed: tf.Tensor):
     return photo, ids
 
 
+def augment_pair(
+    photo: tf.Tensor,
+    ids: tf.Tensor,
+    seed: tf.Tensor,
+    max_scale: float = 1.5,
+    jitter: float = 0.1,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random flip, zoom-and-crop and photometric jitter of one pair.
+
+    Photo and ids get the same geometric draw. The zoom scales both by a
+    factor in [1, max_scale) (the photo bilinearly, the ids by nearest
+    neighbour: class ids are never interpolated) and crops a random window of
+    the original size, the same window from both. Brightness, contrast and
+    saturation of the photo alone change by up to `jitter` (relative).
+
+    Args:
+        photo: uint8 `(S, S, 3)`.
+        ids: uint8 `(S, S)` trainIds or IGNORE_ID.
+        seed: int `(2,)` stateless seed.
+        max_scale: Largest zoom factor; 1 disables zooming.
+        jitter: Largest relative photometric change; 0 disables it.
+
+    Returns:
+        `(photo, ids)` with the input shapes and dtypes.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    photo, ids = _flip(photo, ids, seeds[0])
+    size = tf.shape(ids)[0]
+    if max_scale > 1:
+        scale = tf.random.stateless_uniform((), seeds[1], 1.0, max_scale)
+        new = tf.cast(tf.math.ceil(tf.cast(size, tf.float32) * scale), tf.int32)
+        big_photo = tf.image.resize(photo, (new, new), method="bilinear")
+        big_ids = tf.image.resize(ids[..., None], (new, new), method="nearest")[..., 0]
+        # One window for both (maxval is exclusive).
+        oy, ox = tf.unstack(tf.random.stateless_uniform((2,), seeds[2], 0, new - size + 1, dtype=tf.int32))
+        photo = tf.cast(tf.round(big_photo[oy : oy + size, ox : ox + size]), tf.uint8)
+        ids = big_ids[oy : oy + size, ox : ox + size]
+    if jitter > 0:
+        x = tf.cast(photo, tf.float32)
+        gray = tf.reduce_mean(x, axis=-1, keepdims=True)
+        sat = tf.random.stateless_uniform((), seeds[3], 1 - jitter, 1 + jitter)
+        x = gray + sat * (x - gray)
+        con = tf.random.stateless_uniform((), seeds[4], 1 - jitter, 1 + jitter)
+        x = tf.reduce_mean(x) + con * (x - tf.reduce_mean(x))
+        x = x + 255.0 * tf.random.stateless_uniform((), seeds[5], -jitter, jitter)
+        photo = tf.cast(tf.round(tf.clip_by_value(x, 0, 255)), tf.uint8)
+    return photo, ids
+
+
 def decoded_dataset(files: list[str], image_size: int) -> tf.data.Dataset:
     """Decoded, cached `(photo, ids)` pairs: each file is decoded once.
 
@@ -295,7 +344,7 @@ def make_dataset(
     batch_size: int,
     training: bool,
     seed: int = 0,
-    augment: bool = True,
+    augment: bool | str = "flip",
 ) -> tf.data.Dataset:
     """Build the input pipeline over pair files.
 
@@ -309,7 +358,9 @@ def make_dataset(
         batch_size: Batch size.
         training: Shuffle (reshuffled each epoch) and augment when True.
         seed: Seed of the shuffle and the augmentation draws.
-        augment: Random horizontal flip (training only).
+        augment: One of `AUGMENTS` (training only): `flip`, a random
+            horizontal flip; `full`, `augment_pair`. True means `flip`,
+            False `none`.
 
     Returns:
         A dataset of `(x, y, w)` batches, see `to_model_inputs`.
@@ -318,10 +369,14 @@ def make_dataset(
     if training:
         # The whole (compact) split fits the buffer: a full shuffle.
         ds = ds.shuffle(100_000, seed=seed, reshuffle_each_iteration=True)
-        if augment:
+        mode = {True: "flip", False: "none"}.get(augment, augment)
+        if mode not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        if mode != "none":
+            fn = _flip if mode == "flip" else augment_pair
             seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
             ds = tf.data.Dataset.zip((ds, seeds)).map(
-                lambda pair, s: _flip(pair[0], pair[1], s),
+                lambda pair, s: fn(pair[0], pair[1], s),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
     ds = ds.batch(batch_size)

@@ -58,8 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedule",
         type=str,
         default="cosine",
-        choices=["cosine", "constant"],
-        help="learning-rate schedule",
+        choices=["cosine", "constant", "plateau"],
+        help="learning-rate schedule: cosine decay to 2%% over the run; constant; plateau: halve the rate when "
+        "validation mean IoU has not risen for 2 epochs",
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=0.0,
+        help="with --schedule cosine: rise linearly from 2%% to the peak over this many epochs first",
+    )
+    p.add_argument(
+        "--early-stop",
+        type=int,
+        default=0,
+        help="stop when validation mean IoU has not risen for this many epochs; 0: off",
     )
     p.add_argument(
         "--val-split",
@@ -78,7 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="dtype policy; auto: mixed_float16 on GPU, float32 on CPU (mixed_bfloat16 on CPUs with bf16 matrix units)",
     )
     p.add_argument(
-        "--no-augment", dest="augment", action="store_false", help="turn off the random horizontal flip"
+        "--augment",
+        type=str,
+        default="flip",
+        choices=["none", "flip", "full"],
+        help="training augmentation: flip (random horizontal flip); full: flip, random zoom (1-1.5x) and crop, "
+        "and brightness/contrast/saturation jitter (photo only); none",
+    )
+    p.add_argument(
+        "--no-augment", dest="augment", action="store_const", const="none", help="the same as --augment none"
     )
     p.add_argument(
         "--class-weights",
@@ -91,8 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--loss",
         type=str,
         default="ce",
-        choices=["ce", "ce_dice"],
-        help="ce: (class-weighted) cross-entropy, a Keras built-in; ce_dice: plus a soft Dice term over the classes",
+        choices=["ce", "ce_dice", "focal"],
+        help="ce: (class-weighted) cross-entropy, a Keras built-in; ce_dice: plus a soft Dice term over the "
+        "classes; focal: Keras' categorical focal loss (gamma 2, class weights as alpha)",
+    )
+    p.add_argument(
+        "--encoder",
+        type=str,
+        default="unet",
+        choices=["unet", "resnet50", "efficientnetb0"],
+        help="unet: the UNet of down_block/bottleneck/up_block; resnet50, efficientnetb0: a UNet decoder on that "
+        "keras.applications encoder (image size a multiple of 32)",
+    )
+    p.add_argument(
+        "--encoder-weights",
+        type=str,
+        default="imagenet",
+        choices=["imagenet", "none"],
+        help="initial encoder weights; when ImageNet weights cannot be fetched, random ones (said in one line)",
     )
     p.add_argument(
         "--xla",

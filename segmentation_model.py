@@ -157,3 +157,107 @@ def build_unet(
     # float32 softmax: stable probabilities under mixed precision.
     outputs = keras.layers.Activation("softmax", dtype="float32", name="head_softmax")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+#: Pretrained encoders for `build_encoder_unet`: the application, and its
+#: feature layers at strides 2, 4, 8, 16 (the skips) and 32 (the bottom).
+ENCODERS = {
+    "resnet50": (
+        "ResNet50",
+        ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+    ),
+    "efficientnetb0": (
+        "EfficientNetB0",
+        (
+            "block2a_expand_activation",
+            "block3a_expand_activation",
+            "block4a_expand_activation",
+            "block6a_expand_activation",
+            "top_activation",
+        ),
+    ),
+}
+#: Decoder widths from the bottom up (those of segmentation_models' UNet).
+DECODER_WIDTHS = (256, 128, 64, 32, 16)
+
+
+def caffe_preprocess(x, prefix: str = "caffe"):
+    """RGB 0..255 to the BGR, mean-subtracted input ResNet50's weights expect.
+
+    A frozen 1x1 convolution (channel swap, then minus the ImageNet mean)
+    instead of a Lambda layer, so the saved model loads in Keras' safe mode.
+
+    Args:
+        x: Tensor `(batch, H, W, 3)`, RGB in 0..255.
+        prefix: Layer name prefix.
+
+    Returns:
+        Tensor `(batch, H, W, 3)`.
+    """
+    import numpy as np
+
+    swap = np.zeros((1, 1, 3, 3), "float32")
+    swap[0, 0, [2, 1, 0], [0, 1, 2]] = 1.0  # output BGR from input RGB
+    mean = np.array([103.939, 116.779, 123.68], "float32")
+    layer = keras.layers.Conv2D(
+        3,
+        1,
+        name=f"{prefix}_bgr_minus_mean",
+        trainable=False,
+        kernel_initializer=keras.initializers.Constant(swap),
+        bias_initializer=keras.initializers.Constant(-mean),
+    )
+    return layer(x)
+
+
+def build_encoder_unet(
+    image_size: int = 256,
+    num_classes: int = 19,
+    encoder: str = "resnet50",
+    weights: str | None = "imagenet",
+    decoder_widths: Sequence[int] = DECODER_WIDTHS,
+    name: str | None = None,
+) -> keras.Model:
+    """A UNet decoder on a `keras.applications` encoder.
+
+    The encoder's features at strides 16, 8, 4 and 2 are the skips of
+    `up_block`s; a last up-sampling returns to the input size. Like
+    `build_unet`, the model takes raw RGB in 0..255 and ends in a float32
+    softmax.
+
+    Args:
+        image_size: Side of the square input; a multiple of 32.
+        num_classes: Number of output classes.
+        encoder: A key of `ENCODERS`.
+        weights: `"imagenet"` or None (random initialisation). The caller
+            handles a failed download (see `training.build_model`).
+        decoder_widths: Widths of the five decoder levels, bottom up.
+        name: Model name; `unet_<encoder>` by default.
+
+    Returns:
+        A `keras.Model` `(batch, S, S, 3)` -> `(batch, S, S, num_classes)`.
+    """
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; one of {', '.join(ENCODERS)}")
+    if image_size % 32:
+        raise ValueError(f"image size {image_size} is not divisible by 32 (the encoder's stride)")
+    app_name, feature_layers = ENCODERS[encoder]
+    app = getattr(keras.applications, app_name)(
+        include_top=False, weights=weights, input_shape=(image_size, image_size, 3)
+    )
+    features = keras.Model(
+        app.input, [app.get_layer(n).output for n in feature_layers], name=f"{encoder}_encoder"
+    )
+
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    # EfficientNet rescales inside; ResNet50 wants caffe-style input.
+    x = caffe_preprocess(inputs) if encoder == "resnet50" else inputs
+    *skips, x = features(x)
+    for level, (filters, skip) in enumerate(zip(decoder_widths, reversed(skips), strict=False), start=1):
+        x = up_block(x, skip, filters, prefix=f"dec{len(skips) + 1 - level}")
+    # Stride 2 -> 1: no encoder feature at full size, so no skip.
+    x = keras.layers.Conv2DTranspose(decoder_widths[-1], 2, strides=2, padding="same", name="dec0_upconv")(x)
+    x = conv_block(x, decoder_widths[-1], "dec0")
+    x = keras.layers.Conv2D(num_classes, 1, name="head_conv")(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="head_softmax")(x)
+    return keras.Model(inputs, outputs, name=name or f"unet_{encoder}")

@@ -27,14 +27,15 @@ from callbacks import (
     TrainingError,
 )
 from model_arch import get_model_arch
-from segmentation_model import build_unet, widths_from_base
+from segmentation_model import build_encoder_unet, build_unet, widths_from_base
 
 MODEL_FILE = "unet_model.keras"
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("auto", "none")
-SCHEDULES = ("cosine", "constant")
-LOSSES = ("ce", "ce_dice")
+SCHEDULES = ("cosine", "constant", "plateau")
+LOSSES = ("ce", "ce_dice", "focal")
 XLA_MODES = ("auto", "on", "off")
+ENCODERS = ("unet", "resnet50", "efficientnetb0")
 DEPTH = 4  # down-sampling levels of the UNet
 
 # Defaults by machine. On 2 CPU cores a training step of the UNet runs at
@@ -68,13 +69,17 @@ class TrainConfig:
     base_filters: int | None = None
     learning_rate: float = 2e-3
     schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    early_stop: int = 0
     val_split: float = 0.15
     seed: int = 42
     precision: str = "auto"
-    augment: bool = True
+    augment: str = "flip"
     class_weights: str = "auto"
     loss: str = "ce"
     xla: str = "auto"
+    encoder: str = "unet"
+    encoder_weights: str = "imagenet"
     limit: int | None = None
     num_preds: int = 4
     progress_every: int = 1
@@ -129,27 +134,32 @@ def resolve_precision(requested: str, on_gpu: bool) -> tuple[str, str]:
     return "float32", "CPU without bf16 matrix units: bfloat16 would be slower here"
 
 
-def resolve_xla(mode: str, on_gpu: bool, slow_bf16: bool = False) -> bool | str:
+def resolve_xla(mode: str, on_gpu: bool, policy: str = "float32", bf16_units: bool = False) -> bool | str:
     """The `jit_compile` argument of `Model.compile` for `--xla MODE`.
 
-    Keras' own "auto" leaves XLA off on a CPU-only TensorFlow; here it is on
-    by default there: the CPU default trains 1.33x faster with it (24.3 vs
-    18.3 images/s on 2 cores, `bench/train_speed.py`), and bfloat16 without
-    bf16 matrix units is only fast under XLA.
+    Keras' own "auto" leaves XLA off on a CPU-only TensorFlow. Here `auto`
+    turns it on for a CPU in two cases measured on 2 AVX2 cores
+    (`bench/train_speed.py`): float32, 1.35x faster with XLA; and bfloat16
+    without bf16 matrix units, 7x slower without XLA. A CPU with bf16 units
+    running `mixed_bfloat16` keeps TensorFlow's own kernels (oneDNN uses
+    the units directly; XLA's CPU code has not been measured there).
 
     Args:
         mode: `auto`, `on` or `off`.
         on_gpu: Whether a GPU is visible.
-        slow_bf16: Whether the policy is bfloat16 on a CPU without bf16 units.
+        policy: The dtype policy in use.
+        bf16_units: Whether the CPU has bf16 matrix units.
 
     Returns:
         True, False or "auto" (Keras decides).
     """
     if mode != "auto":
         return mode == "on"
-    if slow_bf16 or (not on_gpu and keras.backend.backend() == "tensorflow"):
-        return True
-    return "auto"
+    if on_gpu or keras.backend.backend() != "tensorflow":
+        return "auto"
+    if policy == "mixed_bfloat16" and bf16_units:
+        return "auto"
+    return True
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -169,6 +179,13 @@ def validate_config(cfg: TrainConfig) -> None:
             cfg.learning_rate,
             "must be a positive number",
         ),
+        (
+            0 <= cfg.warmup_epochs < cfg.epochs,
+            "--warmup-epochs",
+            cfg.warmup_epochs,
+            "must be 0 or more and fewer than --epochs",
+        ),
+        (cfg.early_stop >= 0, "--early-stop", cfg.early_stop, "must be 0 (off) or a number of epochs"),
         (0 < cfg.val_split < 1, "--val-split", cfg.val_split, "must be between 0 and 1 (exclusive)"),
         (
             cfg.limit is None or cfg.limit >= 2,
@@ -187,6 +204,14 @@ def validate_config(cfg: TrainConfig) -> None:
         ),
         (cfg.schedule in SCHEDULES, "--schedule", cfg.schedule, f"must be one of {', '.join(SCHEDULES)}"),
         (cfg.loss in LOSSES, "--loss", cfg.loss, f"must be one of {', '.join(LOSSES)}"),
+        (cfg.augment in uf.AUGMENTS, "--augment", cfg.augment, f"must be one of {', '.join(uf.AUGMENTS)}"),
+        (cfg.encoder in ENCODERS, "--encoder", cfg.encoder, f"must be one of {', '.join(ENCODERS)}"),
+        (
+            cfg.encoder_weights in ("imagenet", "none"),
+            "--encoder-weights",
+            cfg.encoder_weights,
+            "must be imagenet or none",
+        ),
         (cfg.xla in XLA_MODES, "--xla", cfg.xla, f"must be one of {', '.join(XLA_MODES)}"),
         (
             cfg.class_weights in CLASS_WEIGHTS,
@@ -196,13 +221,18 @@ def validate_config(cfg: TrainConfig) -> None:
         ),
     ]
     if cfg.image_size is not None:
-        factor = 2**DEPTH
+        factor = 2**DEPTH if cfg.encoder == "unet" else 32
+        why = (
+            f"2^{DEPTH} down-sampling levels"
+            if cfg.encoder == "unet"
+            else f"the {cfg.encoder} encoder's stride"
+        )
         checks.append(
             (
                 cfg.image_size >= factor and cfg.image_size % factor == 0,
                 "--image-size",
                 cfg.image_size,
-                f"must be a positive multiple of {factor} (2^{DEPTH} down-sampling levels)",
+                f"must be a positive multiple of {factor} ({why})",
             )
         )
     for ok, flag, value, why in checks:
@@ -234,6 +264,14 @@ def resolve_config(cfg: TrainConfig, on_gpu: bool) -> tuple[TrainConfig, str, li
         if on_gpu
         else "more steps per epoch learn more in a short run than bigger batches",
     }
+    if cfg.encoder != "unet":
+        defaults = dict(defaults)
+        if defaults["image_size"] % 32:
+            defaults["image_size"] = 128
+            why_default["image_size"] = f"the CPU default rounded up to a multiple of 32 for {cfg.encoder}"
+        why_default["base_filters"] = (
+            "not used by the encoder UNet: its decoder widths are 256, 128, 64, 32, 16"
+        )
     reasons = []
     changes = {}
     for key, value in defaults.items():
@@ -264,11 +302,14 @@ def make_loss(class_weights: np.ndarray | None = None, kind: str = "ce") -> kera
     is exactly class-weighted cross-entropy (`alpha` per class), and stays a
     built-in that loads without this project.
 
-    `kind="ce_dice"` adds a soft Dice term (`losses.CrossEntropyDice`).
+    `kind="ce_dice"` adds a soft Dice term (`losses.CrossEntropyDice`);
+    `kind="focal"` is Keras' `CategoricalFocalCrossentropy` with `gamma=2`
+    (the class weights as `alpha`), which down-weights pixels already
+    classified with confidence.
 
     Args:
         class_weights: Per-class weights `(num_classes,)`, or None.
-        kind: `ce` or `ce_dice`.
+        kind: One of `LOSSES`.
 
     Returns:
         A Keras loss.
@@ -276,6 +317,11 @@ def make_loss(class_weights: np.ndarray | None = None, kind: str = "ce") -> kera
     if kind == "ce_dice":
         return losses.CrossEntropyDice(
             None if class_weights is None else [round(float(w), 4) for w in class_weights]
+        )
+    alpha = 1.0 if class_weights is None else [round(float(w), 4) for w in class_weights]
+    if kind == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(
+            alpha=alpha, gamma=2.0, reduction="mean_with_sample_weight", name="focal_crossentropy"
         )
     if class_weights is None:
         return keras.losses.CategoricalCrossentropy(reduction="mean_with_sample_weight")
@@ -285,6 +331,33 @@ def make_loss(class_weights: np.ndarray | None = None, kind: str = "ce") -> kera
         reduction="mean_with_sample_weight",
         name="weighted_categorical_crossentropy",
     )
+
+
+def build_model(cfg: TrainConfig) -> keras.Model:
+    """The network of `cfg`: the classic-style UNet, or one on a pretrained encoder.
+
+    For an encoder, ImageNet weights are fetched when `cfg.encoder_weights`
+    is `imagenet`; when that fails (offline), one line says so and the
+    encoder starts from random weights.
+
+    Args:
+        cfg: Resolved configuration.
+
+    Returns:
+        An uncompiled `keras.Model`.
+    """
+    if cfg.encoder == "unet":
+        return build_unet(cfg.image_size, uf.NUM_CLASSES, widths_from_base(cfg.base_filters, DEPTH))
+    if cfg.encoder_weights == "imagenet":
+        try:
+            return build_encoder_unet(cfg.image_size, uf.NUM_CLASSES, cfg.encoder, "imagenet")
+        except Exception as e:  # noqa: BLE001 - offline, blocked, or a broken download
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            print(
+                f"--encoder {cfg.encoder}: could not fetch the ImageNet weights ({first}); "
+                "training it from random weights (weights=None)"
+            )
+    return build_encoder_unet(cfg.image_size, uf.NUM_CLASSES, cfg.encoder, None)
 
 
 def build_and_compile(
@@ -307,11 +380,19 @@ def build_and_compile(
     Returns:
         A compiled model.
     """
-    model = build_unet(cfg.image_size, uf.NUM_CLASSES, widths_from_base(cfg.base_filters, DEPTH))
+    model = build_model(cfg)
     lr = cfg.learning_rate
     if cfg.schedule == "cosine":
+        total = max(1, cfg.epochs * steps_per_epoch)
+        warm = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
+        # With warm-up: linear from 2% to the peak over `warm` steps, then
+        # the cosine over the rest; without: the cosine from the peak.
         lr = keras.optimizers.schedules.CosineDecay(
-            cfg.learning_rate, decay_steps=max(1, cfg.epochs * steps_per_epoch), alpha=0.02
+            0.02 * cfg.learning_rate if warm else cfg.learning_rate,
+            decay_steps=total - warm,
+            alpha=0.02,
+            warmup_target=cfg.learning_rate if warm else None,
+            warmup_steps=warm,
         )
     model.compile(
         # Under mixed_float16, compile() wraps Adam in a LossScaleOptimizer
@@ -328,6 +409,29 @@ def build_and_compile(
         jit_compile=jit_compile,
     )
     return model
+
+
+def schedule_callbacks(cfg: TrainConfig):
+    """The callbacks of `--schedule plateau` and `--early-stop`, both on validation mean IoU.
+
+    Args:
+        cfg: Configuration.
+
+    Returns:
+        `(plateau, early)`: a `ReduceLROnPlateau` that halves the rate when
+        validation mean IoU has not risen for 2 epochs (None unless the
+        schedule is `plateau`), and an `EarlyStopping` (None when
+        `cfg.early_stop` is 0). The best model is on disk already, so early
+        stopping restores no weights.
+    """
+    plateau = early = None
+    if cfg.schedule == "plateau":
+        plateau = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_mean_iou", mode="max", factor=0.5, patience=2, min_lr=0.02 * cfg.learning_rate
+        )
+    if cfg.early_stop:
+        early = keras.callbacks.EarlyStopping(monitor="val_mean_iou", mode="max", patience=cfg.early_stop)
+    return plateau, early
 
 
 def find_data(cfg: TrainConfig) -> tuple[list[str], list[str], str, list[tuple[str, str]]]:
@@ -430,6 +534,8 @@ def resume_config(cfg: TrainConfig, given: frozenset[str] | set[str]) -> tuple[T
     with open(path) as f:
         saved = json.load(f)
     fields = {k: saved[k] for k in TrainConfig.__dataclass_fields__ if k in saved}
+    if isinstance(fields.get("augment"), bool):  # written before --augment took a mode
+        fields["augment"] = "flip" if fields["augment"] else "none"
     for key in sorted(given):
         mine = getattr(cfg, key)
         if key in RESUME_FREE:
@@ -632,11 +738,7 @@ def run_training(
         print("  " + ", ".join(f"{c.name} {w:.2f}" for c, w in zip(uf.CLASSES, weights, strict=True)))
     train_ds = make_dataset(decoded, cfg.image_size, cfg.batch_size, True, cfg.seed, cfg.augment)
     val_ds = make_dataset(val_files, cfg.image_size, cfg.batch_size, False)
-    # TensorFlow's CPU kernels run bfloat16 slowly unless XLA compiles them
-    # (8x slower than float32 without XLA on an AVX2 CPU, on par with it).
-    # CPUs with bf16 units run it natively through oneDNN.
-    slow_bf16 = policy == "mixed_bfloat16" and not on_gpu and not cpu_has_bf16_matmul()
-    jit = resolve_xla(cfg.xla, on_gpu, slow_bf16)
+    jit = resolve_xla(cfg.xla, on_gpu, policy, cpu_has_bf16_matmul())
     if resume:
         # The model with its optimizer state: Adam's moments and step count,
         # so the learning-rate schedule goes on where it stopped.
@@ -657,6 +759,7 @@ def run_training(
                 "val_files": len(val_files),
                 "val_source": val_source,
                 "keras_backend": keras.backend.backend(),
+                "jit_compile": jit,
                 "class_weight_values": None if weights is None else [round(float(w), 4) for w in weights],
             },
         )
@@ -672,6 +775,8 @@ def run_training(
         checkpoint.restore()
         history.restore(initial_epoch)
     callbacks = [non_finite, checkpoint, history]
+    plateau, early = schedule_callbacks(cfg)
+    callbacks += [c for c in (plateau, early) if c is not None]
     log_dir = out("logs") if cfg.tensorboard else None
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False))
@@ -707,6 +812,11 @@ def run_training(
             "Try a lower --learning-rate or --precision float32"
         )
     shutil.rmtree(out("resume"), ignore_errors=True)  # the run is complete
+    if early is not None and early.stopped_epoch:
+        print(
+            f"Stopped early after epoch {early.stopped_epoch + 1}: validation mean IoU had not risen "
+            f"for {cfg.early_stop} epochs"
+        )
 
     panels = []
     if checkpoint.best_epoch is not None:

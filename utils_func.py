@@ -90,6 +90,11 @@ CATEGORIES: tuple[str, ...] = ("flat", "construction", "object", "nature", "sky"
 # (bus/train, truck/caravan, 20 apart) are settled by the nearest colour.
 MAX_COLOR_DISTANCE = 60.0
 
+#: `--augment` choices: `none`; `flip` (random horizontal flip); `full`:
+#: flip, random zoom-and-crop and photometric jitter
+#: (`data_pipeline.augment_pair`).
+AUGMENTS = ("none", "flip", "full")
+
 
 def decode_palette() -> tuple[np.ndarray, np.ndarray]:
     """Distinct colours of labelIds 0..33 and the trainId each decodes to.

@@ -80,6 +80,29 @@ def measure(name: str, model, photos: np.ndarray, repeats: int, workdir: str) ->
     return row
 
 
+def predict_run(model: str, files: list[str], engine: str, out: str) -> tuple[float, float]:
+    """Wall seconds and peak resident MB of `main.py predict --pairs` in a fresh process."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import resource, runpy, sys\n"
+        f"sys.argv = {['main.py', 'predict', '--pairs', '--engine', engine, '--model', model, '--out', out, *files]!r}\n"
+        "try:\n"
+        f"    runpy.run_path({os.path.join(root, 'main.py')!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    seconds = time.perf_counter() - t0
+    if r.returncode:
+        raise RuntimeError(r.stderr[-2000:])
+    kb = int(r.stdout.split("PEAK_KB")[1].split()[0])
+    return seconds, kb / 1024
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="output/unet_model.keras", help="trained .keras model")
@@ -89,6 +112,12 @@ def main() -> None:
     p.add_argument("--photos", type=int, default=64, help="real photos for the agreement check")
     p.add_argument("--repeats", type=int, default=20, help="timed calls at batch 1")
     p.add_argument("--no-classic", action="store_true", help="skip the untrained classic 64-filter UNet")
+    p.add_argument(
+        "--predict-files",
+        type=int,
+        default=100,
+        help="pairs for the whole predict command (time, memory); 0: skip",
+    )
     args = p.parse_args()
 
     import keras
@@ -116,6 +145,20 @@ def main() -> None:
             rows.append(row)
             for engine in ("keras", "openvino"):
                 print(f"{name:44s} {engine:9s} {row[f'{engine}_ms']:10.1f} {row[f'{engine}_ips']:10.1f}")
+    if args.predict_files:
+        from data_pipeline import list_images
+
+        files = list_images(args.data_dir)[-args.predict_files :]
+        print(
+            f"\n'main.py predict --pairs' on {len(files)} real pairs (fresh process each, writing all outputs)"
+        )
+        print(f"{'engine':9s} {'seconds':>8s} {'pairs/s':>8s} {'peak MB':>8s}")
+        with tempfile.TemporaryDirectory() as tmp:
+            xml = os.path.join(tmp, "model.xml")
+            trained.export(xml, format="openvino", verbose=False)
+            for engine, model in (("keras", args.model), ("openvino", xml)):
+                sec, mb = predict_run(model, files, engine, os.path.join(tmp, engine))
+                print(f"{engine:9s} {sec:8.1f} {len(files) / sec:8.1f} {mb:8.0f}")
     print()
     for row in rows:
         print(

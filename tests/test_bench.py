@@ -53,7 +53,10 @@ def test_inference_bench_tiny(tmp_path):
         "--repeats",
         3,
         "--no-classic",
+        "--predict-files",
+        2,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "openvino" in r.stdout and "x faster at batch 1" in r.stdout and "same argmax on" in r.stdout
+    assert "peak MB" in r.stdout
     keras.backend.clear_session()

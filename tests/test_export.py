@@ -38,24 +38,26 @@ def _photos(folder, count=3):
     return folder
 
 
-def test_export_openvino_then_predict_agrees_with_keras(model_dir, tmp_path):
+def test_export_openvino_then_predict_agrees_with_keras(model_dir, tmp_path, capsys):
+    # In-process (the command line around it is tested below): faster.
+    from model_export import run_export
+    from prediction import run_predict
+
     model = model_dir / "unet_model.keras"
-    r = run_main("export", "--model", model)
-    assert r.returncode == 0, r.stderr[-3000:]
+    result = run_export(str(model))
+    printed = capsys.readouterr().out
     xml = model_dir / "unet_model.xml"
+    assert result["path"] == str(xml) and result["agreement"] >= 0.995
     assert xml.stat().st_size > 0 and (model_dir / "unet_model.bin").stat().st_size > 0
-    assert "same class as Keras on" in r.stdout and "synthetic photos" in r.stdout
-    share = float(r.stdout.split("same class as Keras on ")[1].split("%")[0])
-    assert share >= 99.5
+    assert "same class as Keras on" in printed and "synthetic photos" in printed
     assert not list(model_dir.glob("*.tmp.*"))  # written under temporary names, then renamed
 
     photos = _photos(tmp_path / "photos")
     outs = {}
     for engine, m in (("keras", model), ("openvino", xml), ("openvino", model)):
         out = tmp_path / f"out_{engine}_{m.suffix}"
-        r = run_main("predict", "--model", m, "--engine", engine, "--out", out, photos)
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert f"({engine})" in r.stdout
+        summary = run_predict(str(m), [str(photos)], str(out), engine=engine)
+        assert summary["engine"] == engine and summary["predicted"] == 3
         outs[(engine, m.suffix)] = [
             cv2.imread(str(out / f"p{i}_ids.png"), cv2.IMREAD_UNCHANGED) for i in range(3)
         ]
@@ -92,11 +94,10 @@ def test_engine_errors_are_one_line(model_dir, tmp_path):
 
 def test_export_saved_model(model_dir, tmp_path):
     tf = pytest.importorskip("tensorflow")
+    from model_export import run_export
+
     out = tmp_path / "sm"
-    r = run_main(
-        "export", "--model", model_dir / "unet_model.keras", "--format", "tf_saved_model", "--out", out
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_export(str(model_dir / "unet_model.keras"), "tf_saved_model", str(out))
     loaded = tf.saved_model.load(str(out))
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     want = keras.models.load_model(model_dir / "unet_model.keras", compile=False).predict(x, verbose=0)

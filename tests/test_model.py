@@ -76,3 +76,26 @@ def test_last_layer_float32_under_mixed_precision():
 def test_image_size_must_divide():
     with pytest.raises(ValueError, match="divisible by 16"):
         build_unet(100, 19, widths_from_base(4))
+
+
+@pytest.mark.parametrize("encoder", ["resnet50", "efficientnetb0"])
+def test_encoder_unet_shapes_and_preprocessing(encoder):
+    from segmentation_model import build_encoder_unet
+
+    model = build_encoder_unet(64, 19, encoder, weights=None)
+    assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 64, 64, 19)
+    assert model.outputs[0].dtype == "float32"
+    names = {layer.name for layer in model.layers}
+    assert {"dec1_upconv", "dec4_concat", "dec0_conv2", "head_softmax", f"{encoder}_encoder"} <= names
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    y = model.predict(x, verbose=0)
+    np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-4)
+    if encoder == "resnet50":
+        # RGB -> BGR minus the ImageNet mean, frozen.
+        pre = model.get_layer("caffe_bgr_minus_mean")
+        assert not pre.trainable
+        out = keras.Model(model.input, pre.output).predict(x[:1], verbose=0)
+        np.testing.assert_allclose(out[0, ..., 0], x[0, ..., 2] - 103.939, atol=1e-3)
+        np.testing.assert_allclose(out[0, ..., 2], x[0, ..., 0] - 123.68, atol=1e-3)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        build_encoder_unet(48, 19, encoder, weights=None)

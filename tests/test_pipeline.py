@@ -149,3 +149,62 @@ def test_class_frequencies_leave_out_void(tmp_path):
     np.testing.assert_allclose(freq.sum(), 1.0)
     # Only the classes drawn by make_pair appear.
     assert set(np.flatnonzero(freq > 0.01)) <= {0, 2, 8, 10, 13}
+
+
+def test_full_augment_keeps_photo_and_ids_aligned():
+    """Photo and ids get the same zoom, crop and flip; ids stay class ids."""
+    import tensorflow as tf
+
+    from data_pipeline import augment_pair
+
+    # Vertical and horizontal bands: each class has its own grey level, so a
+    # misaligned crop or flip would show up as photo/ids disagreement.
+    ids = np.zeros((32, 32), np.uint8)
+    ids[:, 8:16] = 2
+    ids[:, 16:] = 13
+    ids[20:, :] = 8
+    ids[:4, :4] = 255
+    grey = {0: 20, 2: 80, 13: 140, 8: 200, 255: 250}
+    photo = np.repeat(np.vectorize(grey.get)(ids)[..., None], 3, axis=-1).astype(np.uint8)
+    changed = 0
+    for i in range(20):
+        p, m = augment_pair(tf.constant(photo), tf.constant(ids), tf.constant([i, 7], tf.int64), jitter=0.0)
+        p, m = p.numpy(), m.numpy()
+        assert p.shape == (32, 32, 3) and m.shape == (32, 32) and m.dtype == np.uint8
+        assert set(np.unique(m)) <= {0, 2, 8, 13, 255}  # never interpolated
+        # Away from band edges (where the bilinear photo blends) every photo
+        # pixel has its label's grey level.
+        want = np.vectorize(grey.get)(m)
+        # (bilinear and nearest sample half a pixel apart: 2 pixels of margin)
+        edge = np.zeros_like(m, bool)
+        edge[1:] |= m[1:] != m[:-1]
+        edge[:, 1:] |= m[:, 1:] != m[:, :-1]
+        near = edge.copy()
+        for shift in (-2, -1, 1, 2):
+            near |= np.roll(edge, shift, 0) | np.roll(edge, shift, 1)
+        # ... and off the frame, where a blend may reach past the crop.
+        near[:2] = near[-2:] = near[:, :2] = near[:, -2:] = True
+        inner = ~near
+        assert (np.abs(p[..., 0].astype(int) - want)[inner] <= 2).mean() > 0.99
+        changed += not np.array_equal(m, ids)
+    assert changed >= 15  # the draws do vary
+
+    # Jitter changes the photo only.
+    p, m = augment_pair(tf.constant(photo), tf.constant(ids), tf.constant([3, 1], tf.int64), max_scale=1.0)
+    p0, m0 = augment_pair(
+        tf.constant(photo), tf.constant(ids), tf.constant([3, 1], tf.int64), max_scale=1.0, jitter=0.0
+    )
+    np.testing.assert_array_equal(m.numpy(), m0.numpy())
+    assert not np.array_equal(p.numpy(), p0.numpy())
+
+
+def test_make_dataset_full_augment_runs(tmp_path):
+    from data_pipeline import make_dataset
+
+    paths = write_pairs(tmp_path, 6, size=32)
+    x, y, w = next(iter(make_dataset(paths, 32, 3, training=True, seed=1, augment="full")))
+    assert x.shape == (3, 32, 32, 3) and y.shape == (3, 32, 32, 19) and w.shape == (3, 32, 32)
+    # One-hot rows are all-zero exactly where the weight is 0 (ignored).
+    np.testing.assert_array_equal(y.numpy().sum(-1), w.numpy())
+    with pytest.raises(ValueError, match="augment"):
+        make_dataset(paths, 32, 3, training=True, augment="sideways")

@@ -234,8 +234,71 @@ def test_xla_choice():
     from training import resolve_xla
 
     assert resolve_xla("on", on_gpu=True) is True
-    assert resolve_xla("off", on_gpu=False, slow_bf16=True) is False
-    # CPU TensorFlow: Keras' own "auto" would leave XLA off; it is on here.
-    assert resolve_xla("auto", on_gpu=False) is (True if keras.backend.backend() == "tensorflow" else "auto")
-    assert resolve_xla("auto", on_gpu=False, slow_bf16=True) is True
+    assert resolve_xla("off", on_gpu=False, policy="mixed_bfloat16") is False
     assert resolve_xla("auto", on_gpu=True) == "auto"
+    if keras.backend.backend() == "tensorflow":
+        # CPU: Keras' own "auto" would leave XLA off; float32, and bf16
+        # without bf16 units, run faster with it.
+        assert resolve_xla("auto", on_gpu=False) is True
+        assert resolve_xla("auto", on_gpu=False, policy="mixed_bfloat16", bf16_units=False) is True
+        # With bf16 units, TensorFlow's oneDNN kernels stay.
+        assert resolve_xla("auto", on_gpu=False, policy="mixed_bfloat16", bf16_units=True) == "auto"
+
+
+def test_warmup_cosine_schedule():
+    cfg = TrainConfig(image_size=32, base_filters=4, epochs=4, learning_rate=1e-2, warmup_epochs=1)
+    model = build_and_compile(cfg, steps_per_epoch=10)
+    sched = model.optimizer._learning_rate
+    assert float(sched(0)) == pytest.approx(2e-4)  # 2% of the peak
+    assert float(sched(5)) == pytest.approx((2e-4 + 1e-2) / 2, rel=1e-3)  # linear rise
+    assert float(sched(10)) == pytest.approx(1e-2)  # the peak after one epoch
+    assert float(sched(40)) == pytest.approx(2e-4, rel=1e-3)  # cosine down to 2%
+
+
+def test_plateau_and_early_stop_watch_validation_mean_iou():
+    from training import schedule_callbacks
+
+    cfg = TrainConfig(image_size=32, base_filters=4, learning_rate=1e-2, schedule="plateau", early_stop=2)
+    model = build_and_compile(cfg, steps_per_epoch=1)
+    plateau, early = schedule_callbacks(cfg)
+    for cb in (plateau, early):
+        cb.set_model(model)
+        cb.on_train_begin()
+    # Rises, then two epochs without a rise: the rate halves and training stops.
+    for epoch, miou in enumerate([0.2, 0.3, 0.29, 0.3]):
+        logs = {"val_mean_iou": miou, "loss": 1.0}
+        plateau.on_epoch_end(epoch, logs)
+        early.on_epoch_end(epoch, logs)
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(5e-3)
+    assert model.stop_training and early.stopped_epoch == 3
+    assert schedule_callbacks(TrainConfig()) == (None, None)
+
+
+def test_focal_loss_hand_worked_and_ignores_void():
+    from training import make_loss
+
+    loss = make_loss(np.array([2.0] + [1.0] * 18, np.float32), "focal")
+    assert isinstance(loss, keras.losses.CategoricalFocalCrossentropy)
+    y = np.zeros((1, 1, 2, 19), np.float32)
+    y[0, 0, 0, 0] = 1  # a road pixel
+    p = np.full((1, 1, 2, 19), 0.1 / 18, np.float32)
+    p[..., 0] = 0.9
+    w = np.array([[[1.0, 0.0]]], np.float32)  # the second pixel is void
+    # alpha * (1 - p)^2 * -log(p) for the road pixel, averaged over 1 labelled pixel.
+    want = 2.0 * 0.1**2 * -np.log(0.9)
+    assert float(loss(y, p, sample_weight=w)) == pytest.approx(want, rel=1e-4)
+
+
+def test_encoder_model_offline_falls_back_to_random_weights(tmp_path, capsys):
+    from training import build_model
+
+    cfg = TrainConfig(image_size=32, batch_size=2, encoder="efficientnetb0")
+    model = build_model(cfg)
+    printed = capsys.readouterr().out
+    assert model.name == "unet_efficientnetb0" and model.output_shape == (None, 32, 32, 19)
+    # Offline (as here), one line says the weights could not be fetched.
+    if "could not fetch the ImageNet weights" in printed:
+        (line,) = [ln for ln in printed.splitlines() if "could not fetch" in ln]
+        assert line.startswith("--encoder efficientnetb0:") and "weights=None" in line
+    r = run_main("--output-dir", tmp_path / "x", "--encoder", "resnet50", "--image-size", 48)
+    assert r.returncode == 2 and "--image-size 48: must be a positive multiple of 32" in r.stderr
