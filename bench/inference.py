@@ -86,13 +86,15 @@ def predict_run(model: str, files: list[str], engine: str, out: str) -> tuple[fl
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
-        "import resource, runpy, sys\n"
+        "import runpy, sys\n"
         f"sys.argv = {['main.py', 'predict', '--pairs', '--engine', engine, '--model', model, '--out', out, *files]!r}\n"
         "try:\n"
         f"    runpy.run_path({os.path.join(root, 'main.py')!r}, run_name='__main__')\n"
         "except SystemExit as e:\n"
         "    assert not e.code, e.code\n"
-        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent
+        # across fork and exec, so it would report this (larger) process.
+        "print('PEAK_KB', [ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0])\n"
     )
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
