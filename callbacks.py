@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 import utils_func as uf
+from distribute import portable_batchnorm, predict_padded
 
 
 class TrainingError(RuntimeError):
@@ -33,7 +34,8 @@ def save_model_atomic(model: keras.Model, path: str) -> None:
     directory, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}.keras")
     try:
-        model.save(tmp)
+        with portable_batchnorm(model):
+            model.save(tmp)
         os.replace(tmp, path)
     except Exception as e:  # noqa: BLE001 - any failure: say it, keep the old file
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
@@ -218,6 +220,8 @@ class ProgressPictures(keras.callbacks.Callback):
         output_dir: Run folder; pictures go to `output_dir/progress/`.
         every: Draw every `every` epochs (the last epoch is always drawn).
         log_dir: TensorBoard folder for the images, or None.
+        pad_to: Pad the prediction batch to a multiple of this (the
+            replicas of JAX's data parallelism).
     """
 
     def __init__(
@@ -227,8 +231,10 @@ class ProgressPictures(keras.callbacks.Callback):
         output_dir: str,
         every: int = 1,
         log_dir: str | None = None,
+        pad_to: int = 1,
     ):
         super().__init__()
+        self.pad_to = pad_to
         self.photos = np.asarray(photos, np.uint8)
         self.truths = np.asarray(truths, np.uint8)
         self.folder = os.path.join(output_dir, "progress")
@@ -239,7 +245,7 @@ class ProgressPictures(keras.callbacks.Callback):
         self._epochs = None
 
     def _draw(self, epoch: int, logs: dict | None = None) -> None:
-        pred = np.asarray(self.model.predict(self.photos.astype(np.float32), verbose=0)).argmax(-1)
+        pred = predict_padded(self.model, self.photos.astype(np.float32), self.pad_to).argmax(-1)
         title = f"epoch {epoch}" if epoch else "before training"
         if logs and "val_mean_iou" in logs:
             title += f": validation mean IoU {float(logs['val_mean_iou']):.3f}"

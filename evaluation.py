@@ -269,7 +269,7 @@ def resolve_eval_files(model_path: str, data_dir: str | None) -> tuple[list[str]
     Raises:
         UsageError: When no usable pair is found.
     """
-    from data_pipeline import list_images, scan_pairs
+    from pair_files import list_images, scan_pairs
     from training import TrainConfig, UsageError, find_data
 
     if data_dir is None:

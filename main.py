@@ -138,6 +138,51 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "on", "off"],
         help="compile the training step with XLA; auto: on for CPU TensorFlow (1.3x faster here), Keras' choice elsewhere",
     )
+    p.add_argument(
+        "--distribute",
+        type=str,
+        default="none",
+        choices=["none", "mirrored", "multiworker"],
+        help="data-parallel training: mirrored, every local GPU (TensorFlow MirroredStrategy, JAX "
+        "DataParallel); multiworker, several machines configured by TF_CONFIG (TensorFlow); the global "
+        "--batch-size is split between the replicas",
+    )
+    p.add_argument(
+        "--cpu-replicas",
+        type=int,
+        default=1,
+        help="with --distribute mirrored and no GPU: split the CPU into this many devices (to try it out)",
+    )
+    p.add_argument(
+        "--dataset",
+        type=str,
+        default="pairs",
+        choices=["pairs", "tfds-cityscapes"],
+        help="pairs: the photo|label JPEGs in --data-dir; tfds-cityscapes: the official full-resolution "
+        "Cityscapes through TensorFlow Datasets (train and validation splits; see --tfds-manual-dir)",
+    )
+    p.add_argument(
+        "--tfds-manual-dir",
+        type=str,
+        default=None,
+        help="with --dataset tfds-cityscapes: folder holding leftImg8bit_trainvaltest.zip and "
+        "gtFine_trainvaltest.zip from cityscapes-dataset.com (needed for the first, preparing run)",
+    )
+    p.add_argument(
+        "--tfds-data-dir",
+        type=str,
+        default=None,
+        help="with --dataset tfds-cityscapes: where TFDS keeps its prepared records (default: TFDS' own, "
+        "~/tensorflow_datasets)",
+    )
+    p.add_argument(
+        "--pipeline",
+        type=str,
+        default="auto",
+        choices=["auto", "tf", "numpy"],
+        help="input pipeline of the pairs: tf (tf.data, any backend), numpy (NumPy/OpenCV in a "
+        "keras.utils.PyDataset, no TensorFlow needed); auto: tf when TensorFlow is installed",
+    )
     p.add_argument("--limit", type=int, default=None, help="use only the first N training pairs (smoke runs)")
     p.add_argument("--num-preds", type=int, default=4, help="validation samples drawn as pred_N.png")
     p.add_argument(

@@ -36,7 +36,7 @@ def collect_inputs(inputs: list[str]) -> list[str]:
     Raises:
         UsageError: For a path that does not exist or a folder without photos.
     """
-    from data_pipeline import _natural_key
+    from pair_files import _natural_key
     from training import UsageError
 
     files: list[str] = []

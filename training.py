@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+import data_source
+import distribute
 import losses  # noqa: F401 - registers CrossEntropyDice, for --resume of such runs
 import utils_func as uf
 from callbacks import (
@@ -26,6 +29,7 @@ from callbacks import (
     StopOnNonFinite,
     TrainingError,
 )
+from distribute import DISTRIBUTE
 from model_arch import get_model_arch
 from segmentation_model import build_encoder_unet, build_unet, widths_from_base
 
@@ -85,6 +89,12 @@ class TrainConfig:
     progress_every: int = 1
     num_progress: int = 4
     tensorboard: bool = False
+    distribute: str = "none"
+    cpu_replicas: int = 1
+    dataset: str = "pairs"
+    tfds_data_dir: str | None = None
+    tfds_manual_dir: str | None = None
+    pipeline: str = "auto"
 
 
 def gpu_available() -> bool:
@@ -213,6 +223,25 @@ def validate_config(cfg: TrainConfig) -> None:
             "must be imagenet or none",
         ),
         (cfg.xla in XLA_MODES, "--xla", cfg.xla, f"must be one of {', '.join(XLA_MODES)}"),
+        (
+            cfg.distribute in DISTRIBUTE,
+            "--distribute",
+            cfg.distribute,
+            f"must be one of {', '.join(DISTRIBUTE)}",
+        ),
+        (cfg.cpu_replicas >= 1, "--cpu-replicas", cfg.cpu_replicas, "must be at least 1"),
+        (
+            cfg.dataset in data_source.DATASETS,
+            "--dataset",
+            cfg.dataset,
+            f"must be one of {', '.join(data_source.DATASETS)}",
+        ),
+        (
+            cfg.pipeline in data_source.PIPELINES,
+            "--pipeline",
+            cfg.pipeline,
+            f"must be one of {', '.join(data_source.PIPELINES)}",
+        ),
         (
             cfg.class_weights in CLASS_WEIGHTS,
             "--class-weights",
@@ -450,7 +479,7 @@ def find_data(cfg: TrainConfig) -> tuple[list[str], list[str], str, list[tuple[s
     Raises:
         UsageError: If the folder is missing or holds no usable pair.
     """
-    from data_pipeline import list_images, scan_pairs, split_train_val
+    from pair_files import list_images, scan_pairs, split_train_val
 
     root = cfg.data_dir
     if not os.path.isdir(root):
@@ -510,7 +539,18 @@ def keep_earlier_model(path: str) -> str | None:
 
 
 #: Flags a resumed run may change: they do not affect what is learned.
-RESUME_FREE = ("output_dir", "num_preds", "progress_every", "num_progress", "tensorboard")
+RESUME_FREE = (
+    "output_dir",
+    "num_preds",
+    "progress_every",
+    "num_progress",
+    "tensorboard",
+    # The global batch stays the same, whatever devices share it.
+    "distribute",
+    "cpu_replicas",
+    # Either pipeline decodes the same class ids.
+    "pipeline",
+)
 
 
 def resume_config(cfg: TrainConfig, given: frozenset[str] | set[str]) -> tuple[TrainConfig, dict]:
@@ -577,57 +617,83 @@ def clear_run(output_dir: str) -> list[str]:
     return removed
 
 
-def progress_samples(files: list[str], count: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decode `count` files spread evenly over `files`, for progress pictures.
-
-    Args:
-        files: Validation pair files.
-        count: How many to take (fewer when there are fewer files).
-        image_size: Model input side.
-
-    Returns:
-        `(photos (K, S, S, 3) uint8, ids (K, S, S) uint8)`.
-    """
-    import tensorflow as tf
-
-    from data_pipeline import decode_pair
-
-    picks = np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int))
-    decoded = [decode_pair(tf.constant(files[i]), image_size) for i in picks]
-    return np.stack([p.numpy() for p, _ in decoded]), np.stack([t.numpy() for _, t in decoded])
-
-
 def write_prediction_panels(
-    model: keras.Model, files: list[str], image_size: int, output_dir: str
+    model: keras.Model, samples: tuple[list[str], np.ndarray, np.ndarray], output_dir: str, pad_to: int = 1
 ) -> list[str]:
-    """Predict `files` and save photo | ground truth | prediction panels.
+    """Predict validation samples and save photo | ground truth | prediction panels.
 
     Args:
         model: Trained model.
-        files: Pair files to show.
-        image_size: Model input side.
-        output_dir: Folder for `pred_1.png` ... `pred_N.png`.
+        samples: `(names, photos, ids)`: uint8 photos `(K, S, S, 3)` at the
+            model's input size and their ids `(K, S, S)` (see `RunData.samples`).
+        output_dir: Folder for `pred_1.png` ... `pred_K.png`.
+        pad_to: Pad prediction batches to a multiple of this (JAX replicas).
 
     Returns:
         Paths written.
     """
-    import tensorflow as tf
-
-    from data_pipeline import decode_pair
-
+    names, photos, truths = samples
     paths = []
-    for i, f in enumerate(files, start=1):
-        photo, ids = (t.numpy() for t in decode_pair(tf.constant(f), image_size))
-        probs = model.predict(photo[None].astype(np.float32), verbose=0)[0]
+    for i, (name, photo, ids) in enumerate(zip(names, photos, truths, strict=True), start=1):
+        probs = distribute.predict_padded(model, photo[None].astype(np.float32), pad_to)[0]
         pred = probs.argmax(-1)
         valid = ids != uf.IGNORE_ID
         acc = float((pred[valid] == ids[valid]).mean()) if valid.any() else float("nan")
         path = os.path.join(output_dir, f"pred_{i}.png")
-        uf.save_prediction_panel(
-            path, photo, ids, pred, title=f"{os.path.basename(f)}: pixel accuracy {acc:.3f}"
-        )
+        uf.save_prediction_panel(path, photo, ids, pred, title=f"{name}: pixel accuracy {acc:.3f}")
         paths.append(path)
     return paths
+
+
+def open_data(cfg: TrainConfig, pad_to: int = 1) -> tuple[data_source.RunData, list[tuple[str, str]]]:
+    """The training and validation data of `cfg` (`--dataset`, `--pipeline`).
+
+    Args:
+        cfg: Resolved configuration.
+        pad_to: Pad batches to a multiple of this (see `data_source.from_pairs`).
+
+    Returns:
+        `(data, skipped)`: skipped lists `(path, reason)` of unusable pair files.
+
+    Raises:
+        UsageError: For missing or unusable data.
+    """
+    try:
+        pipeline, _ = data_source.resolve_pipeline(cfg.pipeline, cfg.dataset)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if cfg.dataset == "tfds-cityscapes":
+        from tfds_source import TfdsSourceError
+
+        try:
+            data = data_source.from_tfds(
+                cfg.image_size,
+                cfg.batch_size,
+                cfg.seed,
+                cfg.augment,
+                cfg.tfds_data_dir,
+                cfg.tfds_manual_dir,
+                cfg.limit,
+                pad_to,
+            )
+        except TfdsSourceError as e:
+            raise UsageError(str(e)) from None
+        return data, []
+    train_files, val_files, val_source, skipped = find_data(cfg)
+    if pipeline == "numpy" and cfg.augment == "full":
+        raise UsageError("--augment full: needs the tf.data pipeline (TensorFlow); use flip or none")
+    data = data_source.from_pairs(
+        train_files,
+        val_files,
+        val_source,
+        cfg.image_size,
+        cfg.batch_size,
+        cfg.seed,
+        cfg.augment,
+        pipeline,
+        pad_to,
+    )
+    return data, skipped
 
 
 def run_training(
@@ -654,16 +720,32 @@ def run_training(
         UsageError: For bad flags or data.
         TrainingError: When a save fails or the loss stops being finite.
     """
-    from data_pipeline import class_frequencies, decoded_dataset, make_dataset
-
     t_start = time.perf_counter()
-    on_gpu = gpu_available()
     if resume and overwrite:
         raise UsageError("--resume and --overwrite: choose one (continue the run, or start anew over it)")
     saved = None
     if resume:
         cfg, saved = resume_config(cfg, given)
+    validate_config(cfg)
+    if resume and cfg.distribute == "multiworker":
+        raise UsageError("--resume with --distribute multiworker: resume on one machine, or start anew")
+    try:
+        # First: splitting the CPU into devices must precede the backend's start.
+        dist = distribute.setup(cfg.distribute, cfg.cpu_replicas)
+    except distribute.DistributeError as e:
+        raise UsageError(str(e)) from None
+    scratch = None
+    if not dist.is_chief:
+        # Workers other than the chief write into a folder removed at the end.
+        scratch = tempfile.mkdtemp(prefix="unet-worker-")
+        cfg = dataclasses.replace(cfg, output_dir=scratch)
+    on_gpu = gpu_available()
     cfg, policy, reasons = resolve_config(cfg, on_gpu)
+    if cfg.batch_size % dist.replicas:
+        raise UsageError(
+            f"--batch-size {cfg.batch_size}: must be a multiple of the {dist.replicas} replicas, "
+            "so that every replica gets an equal share"
+        )
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("--tensorboard: the tensorboard package is not installed (pip install tensorboard)")
     out = lambda name: os.path.join(cfg.output_dir, name)  # noqa: E731
@@ -686,20 +768,29 @@ def run_training(
             f"--output-dir {cfg.output_dir}: holds an unfinished run ({state[0]} epochs done): continue it "
             "with --resume, start anew over it with --overwrite, or choose another --output-dir"
         )
-    train_files, val_files, val_source, skipped = find_data(cfg)
-    if resume and (len(train_files), len(val_files)) != (saved.get("train_files"), saved.get("val_files")):
+    # JAX shards every batch into equal parts: pad the last one.
+    pad_to = dist.replicas if keras.backend.backend() == "jax" else 1
+    data, skipped = open_data(cfg, pad_to)
+    if resume and (data.n_train, data.n_val) != (saved.get("train_files"), saved.get("val_files")):
         raise UsageError(
-            f"--resume: the data changed: {len(train_files)} training and {len(val_files)} validation pairs "
+            f"--resume: the data changed: {data.n_train} training and {data.n_val} validation samples "
             f"now, {saved.get('train_files')} and {saved.get('val_files')} in the run"
         )
 
     os.makedirs(cfg.output_dir, exist_ok=True)
     print(f"Keras {keras.__version__}, backend {keras.backend.backend()}, {'GPU' if on_gpu else 'CPU'}")
+    if dist.mode != "none":
+        print(f"Distributed: {dist.description}; global batch {cfg.batch_size}")
+    if scratch:
+        print(f"Not the chief: this worker's outputs go to {scratch} (removed at the end)")
     print("Configuration:")
     for line in reasons:
         print(f"  {line}")
     print(f"  epochs = {cfg.epochs}, learning_rate = {cfg.learning_rate} ({cfg.schedule}), seed = {cfg.seed}")
-    print(f"Data: {len(train_files)} training pairs, {len(val_files)} validation pairs ({val_source})")
+    print(
+        f"Data: {data.n_train} training samples, {data.n_val} validation samples ({data.val_source}); "
+        f"{'tf.data' if data.pipeline == 'tf' else 'NumPy'} pipeline"
+    )
     if skipped:
         uf.atomic_write_text(out("skipped.txt"), "".join(f"{p}\t{why}\n" for p, why in skipped))
         names = ", ".join(f"{os.path.basename(p)} ({why})" for p, why in skipped[:5])
@@ -723,29 +814,40 @@ def run_training(
     warnings.filterwarnings("ignore", message="Your input ran out of data")
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(policy)
-    decoded = decoded_dataset(train_files, cfg.image_size)
     weights = None
     if resume:
         if saved.get("class_weight_values"):
             weights = np.array(saved["class_weight_values"], np.float32)
     elif cfg.class_weights == "auto":
         t0 = time.perf_counter()
-        freq = class_frequencies(decoded)  # also fills the decode cache
+        freq = data.class_frequencies()  # also fills the decode cache
         weights = uf.class_weights(freq)
-        print(
-            f"Decoded {len(train_files)} training pairs in {time.perf_counter() - t0:.0f} s; class weights:"
-        )
+        print(f"Decoded {data.n_train} training samples in {time.perf_counter() - t0:.0f} s; class weights:")
         print("  " + ", ".join(f"{c.name} {w:.2f}" for c, w in zip(uf.CLASSES, weights, strict=True)))
-    train_ds = make_dataset(decoded, cfg.image_size, cfg.batch_size, True, cfg.seed, cfg.augment)
-    val_ds = make_dataset(val_files, cfg.image_size, cfg.batch_size, False)
+    train_ds, val_ds = data.train, data.val
+    if dist.mode == "multiworker":
+        if data.pipeline != "tf":
+            raise UsageError("--distribute multiworker: needs the tf.data pipeline (--pipeline tf)")
+        import tensorflow as tf
+
+        # Every worker reads the same seeded data and keeps its share of
+        # each batch (the files are not split: they are read by tf.io).
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
     jit = resolve_xla(cfg.xla, on_gpu, policy, cpu_has_bf16_matmul())
-    if resume:
-        # The model with its optimizer state: Adam's moments and step count,
-        # so the learning-rate schedule goes on where it stopped.
-        model = keras.models.load_model(state[1])
-        model.jit_compile = jit if isinstance(jit, bool) else model.jit_compile
-    else:
-        model = build_and_compile(cfg, math.ceil(len(train_files) / cfg.batch_size), weights, jit_compile=jit)
+    with dist.scope():
+        if resume:
+            # The model with its optimizer state: Adam's moments and step count,
+            # so the learning-rate schedule goes on where it stopped.
+            model = keras.models.load_model(state[1])
+            model.jit_compile = jit if isinstance(jit, bool) else model.jit_compile
+        else:
+            steps = math.ceil(data.n_train / cfg.batch_size)
+            model = build_and_compile(cfg, steps, weights, jit_compile=jit)
+    if dist.sync_batchnorm:
+        distribute.set_sync_batchnorm(model, True)
+    distribute.prebuild(model, dist, cfg.image_size, uf.NUM_CLASSES)
     reasons_xla = {True: "on", False: "off"}.get(jit, "Keras' choice")
     print(f"XLA: {reasons_xla} (--xla {cfg.xla})")
 
@@ -755,9 +857,10 @@ def run_training(
             {
                 **dataclasses.asdict(cfg),
                 "precision_policy": policy,
-                "train_files": len(train_files),
-                "val_files": len(val_files),
-                "val_source": val_source,
+                "train_files": data.n_train,
+                "val_files": data.n_val,
+                "val_source": data.val_source,
+                "pipeline_used": data.pipeline,
                 "keras_backend": keras.backend.backend(),
                 "jit_compile": jit,
                 "class_weight_values": None if weights is None else [round(float(w), 4) for w in weights],
@@ -781,8 +884,8 @@ def run_training(
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False))
     if cfg.progress_every:
-        photos, truths = progress_samples(val_files, cfg.num_progress, cfg.image_size)
-        progress = ProgressPictures(photos, truths, cfg.output_dir, cfg.progress_every, log_dir)
+        _, photos, truths = data.samples(cfg.num_progress, True)
+        progress = ProgressPictures(photos, truths, cfg.output_dir, cfg.progress_every, log_dir, pad_to)
         if resume:
             progress.restore(initial_epoch)
         callbacks.append(progress)
@@ -819,11 +922,16 @@ def run_training(
         )
 
     panels = []
-    if checkpoint.best_epoch is not None:
+    if checkpoint.best_epoch is not None and cfg.num_preds:
         best = keras.models.load_model(model_path)
-        panels = write_prediction_panels(best, val_files[: cfg.num_preds], cfg.image_size, cfg.output_dir)
+        panels = write_prediction_panels(best, data.samples(cfg.num_preds, False), cfg.output_dir, pad_to)
 
     elapsed = time.perf_counter() - t_start
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
+        print(f"\nWorker done in {elapsed / 60:.1f} min; the chief wrote the outputs.")
+        best = checkpoint.best if checkpoint.best_epoch is not None else None
+        return {"best_val_mean_iou": best, "best_epoch": None, "model": None, "seconds": round(elapsed, 1)}
     summary = {
         "best_val_mean_iou": checkpoint.best if checkpoint.best_epoch is not None else None,
         "best_epoch": None if checkpoint.best_epoch is None else checkpoint.best_epoch + 1,
@@ -847,7 +955,7 @@ def run_training(
     for p in curves:
         print(f"  {os.path.basename(p):18s} curve, train and validation")
     if panels:
-        print(f"  pred_1..{len(panels)}.png       photo | ground truth | prediction")
+        print(f"  {f'pred_1..{len(panels)}.png':18s} photo | ground truth | prediction")
     if cfg.progress_every:
         print(
             f"  {'progress/':18s} validation samples before training and every {cfg.progress_every} epoch(s)"

@@ -1,0 +1,480 @@
+"""NumPy/OpenCV input pipeline for the Cityscapes image pairs, without TensorFlow.
+
+The counterpart of `data_pipeline`'s tf.data pipeline for machines that run
+Keras on JAX or PyTorch and have no TensorFlow: the same decoding (photo
+resized by area, label half decoded to trainIds at full size, then resized
+by nearest neighbour), the same cache of compact uint8 arrays, the same
+seeded shuffling and flips, and the same `(x, y, w)` batches, served by a
+`keras.utils.PyDataset`.
+
+The decoded arrays are those of `data_pipeline.decode_pair`, bit for bit, on
+x86-64 (checked by `tests/test_numpy_pipeline.py`):
+
+- JPEG: OpenCV's libjpeg decodes with the same integer DCT that
+  `decode_jpeg(dct_method="INTEGER_ACCURATE")` asks for.
+- Photo: `resize_area` reproduces TensorFlow's `ResizeArea` kernel in float32,
+  operation by operation. `cv2.INTER_AREA` is not used: it rounds ties
+  upwards where TensorFlow rounds them to even (256 -> 128 changes 14% of the
+  values by one grey level) and interpolates bilinearly when enlarging.
+- Ids: `colors_to_ids` gives the ids of `utils_func.colors_to_ids` (only
+  faster), and `resize_nearest` brings them to the model's size picking the
+  source pixels of TensorFlow 2's `method="nearest"` (half-pixel centres),
+  not those of `cv2.INTER_NEAREST`, which moves validation mean IoU by
+  about 0.01 (README, "Score a model").
+
+Nothing here imports TensorFlow, directly or through `data_pipeline`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import warnings
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import keras
+import numpy as np
+
+from utils_func import AUGMENTS, IGNORE_ID, MAX_COLOR_DISTANCE, NUM_CLASSES, decode_palette
+
+# Marks colours of the memo below not decoded yet (trainIds are 0..18 or 255).
+_UNKNOWN = 254
+
+
+def nearest_source_indices(in_size: int, out_size: int) -> np.ndarray:
+    """Source index of each output position in TensorFlow 2's nearest resize.
+
+    `tf.image.resize(..., method="nearest")` uses half-pixel centres:
+    `floor((dst + 0.5) * in_size / out_size)`, computed in float32 as its
+    kernel does (float64 would pick a different pixel at a few sizes),
+    clipped to the input.
+
+    Args:
+        in_size: Input length along one axis.
+        out_size: Output length along that axis.
+
+    Returns:
+        int64 array `(out_size,)` of indices into the input.
+    """
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = np.floor((np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale)
+    return np.clip(src.astype(np.int64), 0, in_size - 1)
+
+
+def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize picking the pixels TensorFlow 2 picks.
+
+    Args:
+        array: Array `(H, W, ...)` of any dtype, e.g. uint8 class ids.
+        height: Output height.
+        width: Output width.
+
+    Returns:
+        Array `(height, width, ...)` of the input's dtype; every value is a
+        value of the input.
+    """
+    rows = nearest_source_indices(array.shape[0], height)
+    cols = nearest_source_indices(array.shape[1], width)
+    return array[rows[:, None], cols[None, :]]
+
+
+def _area_terms(in_size: int, out_size: int):
+    # TensorFlow's ResizeArea (core/kernels/image/resize_area_op.cc), one
+    # axis: output pixel o covers [o * scale, (o + 1) * scale) of the input;
+    # each source pixel it touches is weighted by the length it covers. All
+    # in float32, the kernel's own expressions. The terms are padded with
+    # weight 0 to the longest span, which adds exact zeros.
+    f32 = np.float32
+    scale = f32(in_size) / f32(out_size)
+    o = np.arange(out_size)
+    lo = o.astype(f32) * scale
+    hi = (o + 1).astype(f32) * scale
+    start = np.floor(lo).astype(np.int64)
+    end = np.ceil(hi).astype(np.int64)
+    span = int((end - start).max())
+    index = np.zeros((span, out_size), np.int64)
+    weight = np.zeros((span, out_size), f32)
+    for k in range(span):
+        v = start + k
+        vf = v.astype(f32)
+        w = np.where(
+            vf < lo,
+            np.where(vf + 1 > hi, scale, (v + 1).astype(f32) - lo),
+            np.where(vf + 1 > hi, hi - vf, f32(1.0)),
+        ).astype(f32)
+        index[k] = np.clip(v, 0, in_size - 1)
+        weight[k] = np.where(v < end, w, f32(0.0))
+    return scale, index, weight
+
+
+def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area resize of a uint8 image, as `tf.image.resize(method="area")` + round.
+
+    Reproduces TensorFlow's float32 arithmetic in the same order (sum along a
+    row, then across rows, then one multiplication by the inverse area), so
+    that ties round the same way; then rounds half to even and clips, as
+    `data_pipeline.decode_pair` does.
+
+    Args:
+        image: uint8 array `(H, W, C)`.
+        height: Output height.
+        width: Output width.
+
+    Returns:
+        uint8 array `(height, width, C)`.
+    """
+    f32 = np.float32
+    sy, iy, wy = _area_terms(image.shape[0], height)
+    sx, ix, wx = _area_terms(image.shape[1], width)
+    x = image.astype(f32)
+    # Within each input row: first term, middle terms, last term, in order.
+    rows = x[:, ix[0]] * wx[0][None, :, None]
+    for k in range(1, ix.shape[0]):
+        rows = rows + x[:, ix[k]] * wx[k][None, :, None]
+    total = rows[iy[0]] * wy[0][:, None, None]
+    for k in range(1, iy.shape[0]):
+        total = total + rows[iy[k]] * wy[k][:, None, None]
+    # `float scale = 1.0 / (height_scale * width_scale)`: a float32 product,
+    # divided in double, stored as float32.
+    inv_area = f32(1.0 / np.float64(sy * sx))
+    out = np.clip(total * inv_area, f32(0), f32(255))
+    return np.round(out).astype(np.uint8)  # half to even, like tf.round
+
+
+# Memo of the nearest-palette decoding: trainId of each 24-bit colour, filled
+# the first time a colour is seen. A label image holds about 12,000 distinct
+# colours (JPEG blends), and most recur across files, so after a few files
+# decoding is one lookup per pixel (under 1 ms for 256x256 against about
+# 70 ms for `utils_func.colors_to_ids`). 16 MB, allocated on first use.
+# Threads may fill it concurrently: entries only go from _UNKNOWN to their
+# one correct value, so a race writes the same bytes twice.
+_memo: np.ndarray | None = None
+_memo_lock = threading.Lock()
+
+
+def _palette_ids(rgb: np.ndarray) -> np.ndarray:
+    # The rule of utils_func.colors_to_ids (exact int32 squared distances,
+    # the first palette colour on ties, IGNORE_ID beyond the threshold),
+    # applied to a list of distinct colours.
+    colors, train_ids = decode_palette()
+    d2 = ((rgb[:, None, :].astype(np.int32) - colors[None].astype(np.int32)) ** 2).sum(-1)
+    ids = train_ids[d2.argmin(-1)]
+    ids[d2.min(-1) > MAX_COLOR_DISTANCE**2] = IGNORE_ID
+    return ids
+
+
+def colors_to_ids(label_rgb: np.ndarray) -> np.ndarray:
+    """Decode a colour label image to trainIds by nearest palette colour.
+
+    Gives exactly `utils_func.colors_to_ids(label_rgb)` (and so
+    `data_pipeline.tf_colors_to_ids`), with its default `MAX_COLOR_DISTANCE`,
+    but each distinct colour is decoded once per process and remembered.
+
+    Args:
+        label_rgb: uint8 array `(H, W, 3)`, RGB.
+
+    Returns:
+        uint8 array `(H, W)` of trainIds 0..18 or IGNORE_ID.
+    """
+    global _memo
+    if _memo is None:
+        with _memo_lock:
+            if _memo is None:
+                _memo = np.full(1 << 24, _UNKNOWN, np.uint8)
+    memo = _memo
+    rgb = np.asarray(label_rgb, np.uint8)
+    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    ids = memo[packed]
+    missing = ids == _UNKNOWN
+    if missing.any():
+        new = np.unique(packed[missing])
+        channels = np.stack([(new >> 16) & 255, (new >> 8) & 255, new & 255], axis=-1)
+        memo[new] = _palette_ids(channels)
+        ids = memo[packed]
+    return ids
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode a JPEG file to RGB the way `data_pipeline.decode_pair` does.
+
+    Args:
+        path: File path.
+
+    Returns:
+        uint8 array `(H, W, 3)`, RGB.
+
+    Raises:
+        ValueError: If the file cannot be read or decoded (a truncated JPEG
+            included: OpenCV refuses it, as `tf.io.decode_jpeg` does).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e.strerror or e}") from None
+    # EXIF orientation ignored: tf.io.decode_jpeg does not apply it either.
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+    if image is None:
+        raise ValueError(f"{path}: not a decodable JPEG (empty, truncated or corrupt)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_pair_np(path: str | os.PathLike, image_size: int, full_labels: bool = False):
+    """Read one pair file and return the resized photo and label ids.
+
+    The NumPy counterpart of `data_pipeline.decode_pair`, with the same
+    outputs.
+
+    Args:
+        path: File path.
+        image_size: Side of the square output.
+        full_labels: Also return the ids at the label's own resolution.
+
+    Returns:
+        `(photo, ids)`: uint8 `(image_size, image_size, 3)` and uint8
+        `(image_size, image_size)`; with `full_labels`, `(photo, ids,
+        full_ids)` where `full_ids` is uint8 `(H, W)` at the label's size.
+
+    Raises:
+        ValueError: If the file cannot be decoded.
+    """
+    image = read_rgb(path)
+    half = image.shape[1] // 2
+    photo, label = image[:, :half], image[:, half:]
+    photo = resize_area(photo, image_size, image_size)
+    # Ids are decoded at the label's own resolution, then resized with
+    # nearest neighbour only: class ids must never be interpolated.
+    full_ids = colors_to_ids(label)
+    ids = resize_nearest(full_ids, image_size, image_size)
+    return (photo, ids, full_ids) if full_labels else (photo, ids)
+
+
+def to_model_inputs_np(photo: np.ndarray, ids: np.ndarray, num_classes: int = NUM_CLASSES):
+    """Expand cached uint8 arrays into what the model trains on.
+
+    The counterpart of `data_pipeline.to_model_inputs`. Everything stays
+    uint8 (a 256x256 one-hot mask is 1.2 MB instead of 5 MB in the float32
+    of `utils_func.one_hot`); Keras casts inside the training step.
+
+    Args:
+        photo: uint8 `(B, H, W, 3)`.
+        ids: uint8 `(B, H, W)` trainIds or IGNORE_ID.
+        num_classes: Number of classes.
+
+    Returns:
+        `(x, y, w)`: uint8 photo `(B, H, W, 3)` in 0..255, uint8 one-hot
+        masks `(B, H, W, num_classes)` (all zeros on ignored pixels), and
+        uint8 per-pixel weights `(B, H, W)` (0 on ignored pixels, else 1).
+    """
+    # Ids outside 0..num_classes-1 match no class: an all-zero row.
+    y = (ids[..., None] == np.arange(num_classes, dtype=ids.dtype)).astype(np.uint8)
+    w = (ids < num_classes).astype(np.uint8)
+    return photo, y, w
+
+
+def _augment_mode(augment: bool | str) -> str:
+    mode = {True: "flip", False: "none"}.get(augment, augment)
+    if mode not in AUGMENTS:
+        raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+    return mode
+
+
+class PairDataset(keras.utils.PyDataset):
+    """Batches of `(x, y, w)` from pair files, for `model.fit` on any backend.
+
+    The counterpart of `data_pipeline.make_dataset`. Every file is decoded
+    once, eagerly, in the constructor (in threads: OpenCV and NumPy release
+    the GIL), and the compact uint8 photos and ids are kept in memory (about
+    50 KB a pair at 112x112, 260 KB at 256x256). Eager decoding keeps the
+    batches cheap and the object safe to share between Keras' worker threads
+    or processes, which then only index the cache; it also gives
+    `class_frequencies_np` its ids without a second pass. Files that cannot
+    be decoded are left out with a warning, as tf.data's `ignore_errors`
+    does; they are listed in `skipped`.
+
+    In training, the order is a seeded permutation and the flips are seeded
+    draws, both redrawn by `on_epoch_end` (Keras calls it after every epoch)
+    from `(seed, epoch)`: the same seed gives the same epochs, and batch `i`
+    of an epoch is the same whichever worker makes it and when. Out of
+    training, batches follow the file order without augmentation.
+
+    Two things `model.fit` adds: with `shuffle=True` (its default) it also
+    shuffles the order of the batches with Python's `random`; pass
+    `shuffle=False` to keep exactly this order (the samples are shuffled here
+    already). And it calls `on_epoch_end` once before the first epoch too
+    (Keras 3.15 resets its iterator after building the model, on every
+    backend), so fit's first epoch gets the draw of `epoch` 1; runs are
+    reproducible all the same.
+
+    Args:
+        files: Pair files (checked with `data_pipeline.scan_pairs` or alike).
+        image_size: Side of the square model input.
+        batch_size: Batch size; the last batch holds the rest.
+        training: Shuffle (reshuffled each epoch) and augment when True.
+        seed: Seed of the shuffle and the flips.
+        augment: One of `utils_func.AUGMENTS` (training only): `flip`, a
+            random horizontal flip, the same draw for photo and ids; `none`.
+            True means `flip`, False `none`. `full` is not implemented here
+            and raises NotImplementedError in training.
+        pad_to: Pad every batch to a multiple of this many samples with
+            weightless ones (see `data_pipeline.make_dataset`).
+        **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`, passed
+            to `keras.utils.PyDataset`.
+
+    Raises:
+        ValueError: On a bad argument, or when no file can be decoded.
+        NotImplementedError: For `augment="full"` in training.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str | os.PathLike],
+        image_size: int,
+        batch_size: int,
+        training: bool,
+        seed: int = 0,
+        augment: bool | str = "flip",
+        pad_to: int = 1,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(image_size) < 1 or int(batch_size) < 1:
+            raise ValueError(f"image_size and batch_size must be positive, got {image_size}, {batch_size}")
+        mode = _augment_mode(augment)
+        if training and mode == "full":
+            raise NotImplementedError(
+                "augment='full' (zoom, crop and colour jitter) is not implemented in numpy_pipeline; "
+                "use 'flip' or 'none', or data_pipeline (TensorFlow)"
+            )
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.training = bool(training)
+        self.seed = int(seed)
+        self.augment = mode if self.training else "none"
+        self.pad_to = max(1, int(pad_to))
+
+        def decode(path):
+            try:
+                return decode_pair_np(path, self.image_size)
+            except ValueError as e:
+                return str(e)
+
+        files = [os.fspath(f) for f in files]
+        size = self.image_size
+        # Filled in place as the decodes come in: no second copy of the
+        # cache (744 MB for the 2975 training pairs at 256x256).
+        photos = np.empty((len(files), size, size, 3), np.uint8)
+        ids = np.empty((len(files), size, size), np.uint8)
+        kept: list[int] = []
+        #: `(path, reason)` of each file left out.
+        self.skipped: list[tuple[str, str]] = []
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for i, result in enumerate(pool.map(decode, files)):
+                if isinstance(result, str):
+                    self.skipped.append((files[i], result))
+                    warnings.warn(f"skipped {result}", stacklevel=2)
+                else:
+                    photos[len(kept)], ids[len(kept)] = result
+                    kept.append(i)
+        if not kept:
+            raise ValueError(f"no decodable pair among the {len(files)} files")
+        #: Paths of the decoded files, in file order.
+        self.files: list[str] = [files[i] for i in kept]
+        #: Cache: uint8 photos `(N, S, S, 3)` and trainIds `(N, S, S)`.
+        self.photos = photos[: len(kept)]
+        self.ids = ids[: len(kept)]
+        self._epoch = 0
+        self._draw()
+
+    def _draw(self) -> None:
+        n = len(self.files)
+        if not self.training:
+            self._order, self._flips = np.arange(n), np.zeros(n, bool)
+            return
+        # One generator per (seed, epoch): any epoch can be reproduced alone.
+        rng = np.random.default_rng([self.seed, self._epoch])
+        self._order = rng.permutation(n)
+        # Indexed by sample, drawn for all even without flips: switching
+        # augment off and on does not change the order.
+        flips = rng.random(n) < 0.5
+        self._flips = flips if self.augment == "flip" else np.zeros(n, bool)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose order and flips are served (0 first)."""
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        # E.g. to continue a resumed run with the epochs it would have seen.
+        self._epoch = int(value)
+        self._draw()
+
+    def on_epoch_end(self) -> None:
+        """Draw the next epoch's order and flips (training only)."""
+        self.epoch = self._epoch + 1
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.files) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        """Batch `index` of the current epoch.
+
+        Args:
+            index: Batch position, 0 to `len(self) - 1`.
+
+        Returns:
+            `(x, y, w)`: uint8 photos `(B, S, S, 3)`, uint8 one-hot masks
+            `(B, S, S, 19)` (all zeros on ignored pixels) and uint8 weights
+            `(B, S, S)` (0 on ignored pixels, else 1), `B` the batch size
+            (less in the last batch).
+        """
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range for {len(self)} batches")
+        sel = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        # Fancy indexing copies: flipping below leaves the cache untouched.
+        photo, ids = self.photos[sel], self.ids[sel]
+        flip = self._flips[sel]
+        if flip.any():
+            # One draw for both: photo and mask stay aligned.
+            photo[flip] = photo[flip, :, ::-1]
+            ids[flip] = ids[flip, :, ::-1]
+        extra = -len(sel) % self.pad_to
+        if extra:
+            # Weightless samples: ignored ids give zero one-hot rows and weights.
+            photo = np.concatenate([photo, np.zeros((extra, *photo.shape[1:]), np.uint8)])
+            ids = np.concatenate([ids, np.full((extra, *ids.shape[1:]), IGNORE_ID, np.uint8)])
+        return to_model_inputs_np(photo, ids)
+
+
+def class_frequencies_np(
+    dataset_or_ids: PairDataset | np.ndarray | Iterable[np.ndarray], num_classes: int = NUM_CLASSES
+) -> np.ndarray:
+    """Share of labelled pixels in each class (ignored pixels left out).
+
+    The counterpart of `data_pipeline.class_frequencies`.
+
+    Args:
+        dataset_or_ids: A `PairDataset` (its cached ids are counted), a
+            uint8 array of ids of any shape, or an iterable of such arrays.
+        num_classes: Number of classes.
+
+    Returns:
+        float64 array `(num_classes,)` summing to 1 (all zeros if no pixel
+        is labelled).
+    """
+    if isinstance(dataset_or_ids, PairDataset):
+        arrays: Iterable[np.ndarray] = [dataset_or_ids.ids]
+    elif isinstance(dataset_or_ids, np.ndarray):
+        arrays = [dataset_or_ids]
+    else:
+        arrays = dataset_or_ids
+    counts = np.zeros(256, np.int64)
+    for ids in arrays:
+        counts += np.bincount(np.asarray(ids, np.uint8).ravel(), minlength=256)
+    counts = counts[:num_classes].astype(np.float64)
+    return counts / counts.sum() if counts.sum() else counts

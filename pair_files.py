@@ -1,0 +1,151 @@
+"""The pair files: listing, header checks and the train/validation split.
+
+No TensorFlow here: the NumPy pipeline (`numpy_pipeline.py`) and the
+command line use these on machines without it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg")
+# Decoding a pair takes height * width * 3 bytes; a full-resolution
+# Cityscapes pair is 1024 high. Headers claiming far more (a 20000x40000
+# pair would need 2.4 GB per decode) are refused before any decode.
+MAX_PAIR_HEIGHT = 4096
+
+
+class DataError(ValueError):
+    """A data folder or file that cannot be used; the message is one line."""
+
+
+def _natural_key(path: str):
+    # "2.jpg" before "10.jpg".
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
+
+
+def list_images(folder: str) -> list[str]:
+    """JPEG files directly inside `folder`, in natural order.
+
+    Args:
+        folder: Directory to list.
+
+    Returns:
+        Sorted list of paths (sub-folders and other files left out).
+    """
+    paths = [os.path.join(folder, n) for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES)]
+    # isfile follows links: dangling symlinks and folders named *.jpg drop out.
+    return sorted((p for p in paths if os.path.isfile(p)), key=_natural_key)
+
+
+def jpeg_header(path: str) -> tuple[int, int, int]:
+    """Read a JPEG's frame header without decoding the image.
+
+    Args:
+        path: File path.
+
+    Returns:
+        `(height, width, components)`.
+
+    Raises:
+        DataError: If the file is empty, unreadable, not a JPEG, or has no
+            frame header.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 16)
+    except OSError as e:
+        raise DataError(f"cannot read: {e.strerror or e}") from None
+    if not data:
+        raise DataError("empty file")
+    if data[:2] != b"\xff\xd8":
+        kind = "a PNG" if data[:8] == b"\x89PNG\r\n\x1a\n" else "not a JPEG"
+        raise DataError(f"{kind} (no JPEG start marker)")
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            i += 1 if marker == 0xFF else 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC).
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 10 > len(data):
+                break
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return height, width, data[i + 9]
+        i += 2 + length
+    raise DataError("truncated or corrupt JPEG (no frame header)")
+
+
+def check_pair(path: str) -> str | None:
+    """Why `path` is not a usable image pair, or None when it looks fine.
+
+    Only the header is read: the full decode happens once, in the pipeline.
+
+    Args:
+        path: File path.
+
+    Returns:
+        A short reason, or None.
+    """
+    try:
+        height, width, components = jpeg_header(path)
+    except DataError as e:
+        return str(e)
+    if components != 3:
+        return f"{components}-channel JPEG; a colour photo|label pair has 3"
+    if width != 2 * height:
+        return f"{width}x{height} is not a side-by-side pair (width must be twice the height)"
+    if height < 16:
+        return f"{width}x{height} is too small"
+    if height > MAX_PAIR_HEIGHT:
+        return f"{width}x{height} is too large (pairs up to {MAX_PAIR_HEIGHT} pixels high are decoded)"
+    return None
+
+
+def scan_pairs(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Split files into usable pairs and skipped ones.
+
+    Args:
+        paths: Candidate files.
+
+    Returns:
+        `(good, skipped)`: good paths, and `(path, reason)` for the rest.
+    """
+    good, skipped = [], []
+    for p in paths:
+        reason = check_pair(p)
+        if reason is None:
+            good.append(p)
+        else:
+            skipped.append((p, reason))
+    return good, skipped
+
+
+def split_train_val(files: list[str], val_split: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split of one file list into disjoint train and validation lists.
+
+    Args:
+        files: All files.
+        val_split: Fraction for validation, in (0, 1).
+        seed: Seed of the permutation.
+
+    Returns:
+        `(train, val)`, each in natural order; val holds at least one file and
+        train at least one when there are two or more files.
+    """
+    n = len(files)
+    n_val = min(max(1, round(n * val_split)), n - 1) if n > 1 else 0
+    order = np.random.default_rng(seed).permutation(n)
+    val_idx = set(order[:n_val].tolist())
+    train = [f for i, f in enumerate(files) if i not in val_idx]
+    val = [f for i, f in enumerate(files) if i in val_idx]
+    return train, val

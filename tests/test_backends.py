@@ -1,0 +1,111 @@
+"""Every Keras backend: a one-epoch run under JAX and PyTorch, and both mixed precisions.
+
+Each backend runs in its own process (Keras picks its backend at import).
+The JAX run also stands in for a GPU machine without TensorFlow: TensorFlow
+is blocked from importing, so the NumPy pipeline feeds it, and it trains
+data-parallel over two CPU devices.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, write_pairs
+
+#: Makes `import tensorflow` fail in the driver, as on a machine without it.
+BLOCK_TF = """
+import importlib.abc, sys
+class _NoTF(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, _NoTF())
+"""
+
+#: Runs main.py in-process, then one training step of a tiny UNet under
+#: each mixed-precision policy.
+DRIVER = """
+import sys
+sys.path.insert(0, ROOT)
+import keras, numpy as np
+import main
+code = main.main(ARGS)
+assert code == 0, code
+assert "tensorflow" not in sys.modules or not NO_TF
+from segmentation_model import build_unet
+x = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype("uint8")
+y = np.eye(19, dtype="float32")[np.random.default_rng(1).integers(0, 19, (2, 32, 32))]
+for policy in ("mixed_float16", "mixed_bfloat16"):
+    keras.mixed_precision.set_global_policy(policy)
+    model = build_unet(32, 19, (4, 8))
+    model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
+    loss = float(model.train_on_batch(x, y))
+    out = model.predict(x, verbose=0)
+    assert np.isfinite(loss) and out.dtype == np.float32, (policy, loss, out.dtype)
+    assert model.get_layer("enc1_conv1").compute_dtype == policy.split("_")[1]
+    print("POLICY", policy, loss)
+"""
+
+
+def _run(backend, args, tmp_path, no_tf=False):
+    script = (BLOCK_TF if no_tf else "") + textwrap.dedent(DRIVER)
+    script = script.replace("ROOT", repr(ROOT)).replace("ARGS", repr([str(a) for a in args]))
+    script = script.replace("NO_TF", repr(no_tf))
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+
+
+def _check_run(out, backend, pipeline):
+    with open(out / "config.json") as f:
+        config = json.load(f)
+    assert config["keras_backend"] == backend and config["pipeline_used"] == pipeline
+    with open(out / "history.csv") as f:
+        rows = f.read().splitlines()
+    assert len(rows) == 2 and all(np.isfinite(float(v)) for v in rows[1].split(","))
+    for name in ("unet_model.keras", "acc.png", "pred_1.png", "progress.gif"):
+        assert (out / name).is_file(), name
+    # Saved under another backend, the model loads and predicts here (TensorFlow).
+    pytest.importorskip("tensorflow")
+    import keras
+
+    model = keras.models.load_model(out / "unet_model.keras")
+    probs = model.predict(np.zeros((1, 32, 32, 3), np.float32), verbose=0)
+    assert probs.shape == (1, 32, 32, 19)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_jax_without_tensorflow_data_parallel(tmp_path):
+    write_pairs(tmp_path / "data" / "train", 12)
+    out = tmp_path / "out"
+    args = ["--data-dir", tmp_path / "data", "--output-dir", out, "--epochs", 1]
+    args += ["--image-size", 32, "--base-filters", 4, "--batch-size", 4, "--num-preds", 1]
+    args += ["--distribute", "mirrored", "--cpu-replicas", 2]
+    r = _run("jax", args, tmp_path, no_tf=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "keras.distribution.DataParallel over 2 CPU device(s)" in r.stdout
+    assert "NumPy pipeline" in r.stdout
+    assert r.stdout.count("POLICY") == 2
+    _check_run(out, "jax", "numpy")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_torch_one_epoch_fed_by_tf_data(tmp_path):
+    pytest.importorskip("tensorflow")
+    write_pairs(tmp_path / "data" / "train", 12)
+    out = tmp_path / "out"
+    args = ["--data-dir", tmp_path / "data", "--output-dir", out, "--epochs", 1]
+    args += ["--image-size", 32, "--base-filters", 4, "--batch-size", 4, "--num-preds", 1]
+    r = _run("torch", args, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "backend torch" in r.stdout and "tf.data pipeline" in r.stdout
+    assert r.stdout.count("POLICY") == 2
+    _check_run(out, "torch", "tf")
