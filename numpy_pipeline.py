@@ -16,9 +16,10 @@ x86-64 (checked by `tests/test_numpy_pipeline.py`):
   operation by operation. `cv2.INTER_AREA` is not used: it rounds ties
   upwards where TensorFlow rounds them to even (256 -> 128 changes 14% of the
   values by one grey level) and interpolates bilinearly when enlarging.
-- Ids: `colors_to_ids` gives the ids of `utils_func.colors_to_ids` (only
-  faster), and `resize_nearest` brings them to the model's size picking the
-  source pixels of TensorFlow 2's `method="nearest"` (half-pixel centres),
+- Ids: `colors_to_ids` looks them up in the table of `utils_func.color_lut`,
+  as the tf.data pipeline does, and `resize_nearest` brings them to the
+  model's size picking the source pixels of TensorFlow 2's
+  `method="nearest"` (half-pixel centres),
   not those of `cv2.INTER_NEAREST`, which moves validation mean IoU by
   about 0.01 (README, "Score a model").
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,10 +38,8 @@ import cv2
 import keras
 import numpy as np
 
-from utils_func import AUGMENTS, IGNORE_ID, MAX_COLOR_DISTANCE, NUM_CLASSES, decode_palette
-
-# Marks colours of the memo below not decoded yet (trainIds are 0..18 or 255).
-_UNKNOWN = 254
+from utils_func import AUGMENTS, IGNORE_ID, NUM_CLASSES
+from utils_func import colors_to_ids as uf_colors_to_ids
 
 
 def nearest_source_indices(in_size: int, out_size: int) -> np.ndarray:
@@ -144,34 +142,12 @@ def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.round(out).astype(np.uint8)  # half to even, like tf.round
 
 
-# Memo of the nearest-palette decoding: trainId of each 24-bit colour, filled
-# the first time a colour is seen. A label image holds about 12,000 distinct
-# colours (JPEG blends), and most recur across files, so after a few files
-# decoding is one lookup per pixel (under 1 ms for 256x256 against about
-# 70 ms for `utils_func.colors_to_ids`). 16 MB, allocated on first use.
-# Threads may fill it concurrently: entries only go from _UNKNOWN to their
-# one correct value, so a race writes the same bytes twice.
-_memo: np.ndarray | None = None
-_memo_lock = threading.Lock()
-
-
-def _palette_ids(rgb: np.ndarray) -> np.ndarray:
-    # The rule of utils_func.colors_to_ids (exact int32 squared distances,
-    # the first palette colour on ties, IGNORE_ID beyond the threshold),
-    # applied to a list of distinct colours.
-    colors, train_ids = decode_palette()
-    d2 = ((rgb[:, None, :].astype(np.int32) - colors[None].astype(np.int32)) ** 2).sum(-1)
-    ids = train_ids[d2.argmin(-1)]
-    ids[d2.min(-1) > MAX_COLOR_DISTANCE**2] = IGNORE_ID
-    return ids
-
-
 def colors_to_ids(label_rgb: np.ndarray) -> np.ndarray:
     """Decode a colour label image to trainIds by nearest palette colour.
 
-    Gives exactly `utils_func.colors_to_ids(label_rgb)` (and so
-    `data_pipeline.tf_colors_to_ids`), with its default `MAX_COLOR_DISTANCE`,
-    but each distinct colour is decoded once per process and remembered.
+    `utils_func.colors_to_ids` with its default `MAX_COLOR_DISTANCE`: one
+    lookup per pixel in the exact table of every 24-bit colour
+    (`utils_func.color_lut`), the same table `data_pipeline` gathers from.
 
     Args:
         label_rgb: uint8 array `(H, W, 3)`, RGB.
@@ -179,22 +155,7 @@ def colors_to_ids(label_rgb: np.ndarray) -> np.ndarray:
     Returns:
         uint8 array `(H, W)` of trainIds 0..18 or IGNORE_ID.
     """
-    global _memo
-    if _memo is None:
-        with _memo_lock:
-            if _memo is None:
-                _memo = np.full(1 << 24, _UNKNOWN, np.uint8)
-    memo = _memo
-    rgb = np.asarray(label_rgb, np.uint8)
-    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
-    ids = memo[packed]
-    missing = ids == _UNKNOWN
-    if missing.any():
-        new = np.unique(packed[missing])
-        channels = np.stack([(new >> 16) & 255, (new >> 8) & 255, new & 255], axis=-1)
-        memo[new] = _palette_ids(channels)
-        ids = memo[packed]
-    return ids
+    return uf_colors_to_ids(np.asarray(label_rgb, np.uint8))
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:

@@ -3,6 +3,7 @@
 Measures, on the same files in one run:
   * the tf.data pipeline's first pass (read, JPEG decode, label colours ->
     class ids, resize, one-hot masks), then its cached passes;
+  * label decoding alone: the colour table against the palette search;
   * a baseline in the style of common Kaggle loaders: a Python generator,
     cv2 decode, nearest palette colour per pixel in NumPy, one-hot with
     np.eye, float32;
@@ -67,6 +68,9 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="use the first N files (default: all)")
     p.add_argument("--baseline-files", type=int, default=300, help="files the (slow) baseline decodes")
     p.add_argument("--cached-passes", type=int, default=3, help="passes over the cache")
+    p.add_argument(
+        "--label-files", type=int, default=200, help="labels timed for the label-decoding comparison"
+    )
     args = p.parse_args()
 
     import tensorflow as tf
@@ -98,6 +102,27 @@ def main() -> None:
         best = (n, s, nbytes) if best is None or s < best[1] else best
     rows.append((f"tf.data cached pass (best of {args.cached_passes})", *best))
 
+    # Label decoding alone, both methods on the same label halves (already
+    # in memory), alternating: the table against the palette search.
+    from data_pipeline import tf_colors_to_ids
+
+    pairs = [
+        tf.io.decode_jpeg(tf.io.read_file(f), channels=3, dct_method="INTEGER_ACCURATE")
+        for f in files[: args.label_files]
+    ]
+    labels = [pair[:, pair.shape[1] // 2 :] for pair in pairs]
+    decoders = {m: tf.function(lambda x, m=m: tf_colors_to_ids(x, method=m)) for m in ("table", "search")}
+    label_ms = {}
+    for fn in decoders.values():
+        fn(labels[0])  # trace
+    for _ in range(2):
+        for method, fn in decoders.items():
+            t0 = time.perf_counter()
+            for label in labels:
+                fn(label)
+            ms = (time.perf_counter() - t0) / len(labels) * 1e3
+            label_ms[method] = min(ms, label_ms.get(method, ms))
+
     palette, ids = uf.decode_palette()
     base_files = files[: args.baseline_files]
     n, s, nbytes = timed(
@@ -122,6 +147,11 @@ def main() -> None:
     print(f"  first pass / baseline   {first_rate / base_rate:6.1f}x")
     print(f"  cached pass / baseline  {cached_rate / base_rate:6.1f}x")
     print(f"  cached / first pass     {cached_rate / first_rate:6.1f}x")
+    print(
+        f"\nlabel decoding, one {labels[0].shape[0]}x{labels[0].shape[1]} label, best of 2 over {len(labels)} labels: "
+        f"table {label_ms['table']:.2f} ms, palette search {label_ms['search']:.2f} ms "
+        f"({label_ms['search'] / label_ms['table']:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ def test_pipeline_bench_tiny(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "tf.data first pass" in r.stdout and "baseline" in r.stdout
     assert "first pass / baseline" in r.stdout
+    assert "label decoding, one 32x32 label" in r.stdout
     # Bytes per sample: uint8 photo, one-hot and weights at 32x32.
     assert f"{(32 * 32 * (3 + 19 + 1)) / 1e6:9.3f}" in r.stdout
 

@@ -87,7 +87,11 @@ def test_tf_decoder_matches_numpy():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (40, 50, 3)).astype(np.uint8)
     img[:5, : len(HAND_CASES)] = np.array([c for c, _ in HAND_CASES], np.uint8)
-    np.testing.assert_array_equal(tf_colors_to_ids(tf.constant(img)).numpy(), uf.colors_to_ids(img))
+    # Both TF methods, the NumPy table and the NumPy search: one answer.
+    expected = uf.nearest_color_ids(img)
+    np.testing.assert_array_equal(uf.colors_to_ids(img), expected)
+    for method in ("table", "search"):
+        np.testing.assert_array_equal(tf_colors_to_ids(tf.constant(img), method=method).numpy(), expected)
 
 
 def test_one_hot_void_rows_are_zero():
@@ -126,3 +130,26 @@ def test_class_weights_hand_computed():
     w = uf.class_weights(np.array([0.999999, 1e-6]), max_weight=5)
     assert w.max() == 5 and w.min() >= 0.2
     np.testing.assert_allclose(uf.class_weights(np.array([0.7, 0.3]), power=0), [1, 1])
+
+
+def test_color_lut_equals_the_palette_search():
+    """The table behind both pipelines gives the search's id (checked once on
+    all 2**24 colours; here on 2**21 random ones and every colour near the palette)."""
+    from utils_func import color_lut, nearest_color_ids
+
+    lut = color_lut()
+    assert lut.shape == (1 << 24,) and lut.dtype == np.uint8
+    rng = np.random.default_rng(0)
+    colors, _ = uf.decode_palette()
+    # Up to 3 away from each palette colour along every axis: ties and edges of the cubes.
+    offsets = np.stack(np.meshgrid(*[np.arange(-3, 4)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    near = np.clip(colors[:, None].astype(int) + offsets[None], 0, 255).reshape(-1, 3)
+    rgb = np.concatenate([rng.integers(0, 256, (1 << 21, 3)), near]).astype(np.uint8)
+    index = (rgb[:, 0].astype(np.int64) << 16) | (rgb[:, 1].astype(np.int64) << 8) | rgb[:, 2]
+    np.testing.assert_array_equal(lut[index], nearest_color_ids(rgb[None])[0])
+    # The threshold and a tie, by hand: road (128, 64, 128) moved by exactly 60
+    # (towards no other colour) stays road, by 61 is ignored; bus (0, 60, 100) and train (0, 80, 100)
+    # are 20 apart: the midpoint goes to the one listed first (bus, 15).
+    at = lambda r, g, b: lut[(r << 16) | (g << 8) | b]  # noqa: E731
+    assert at(128, 4, 128) == 0 and at(128, 3, 128) == uf.IGNORE_ID
+    assert at(0, 70, 100) == 15

@@ -43,6 +43,7 @@ def test_tf_and_numpy_decoders_agree_on_real_pairs():
         img = cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB)
         tf_img = tf.io.decode_jpeg(tf.io.read_file(f), channels=3, dct_method="INTEGER_ACCURATE")
         np.testing.assert_array_equal(tf_img.numpy(), img)
-        np.testing.assert_array_equal(
-            tf_colors_to_ids(tf_img[:, 256:]).numpy(), uf.colors_to_ids(img[:, 256:])
-        )
+        expected = uf.nearest_color_ids(img[:, 256:])
+        np.testing.assert_array_equal(uf.colors_to_ids(img[:, 256:]), expected)
+        for method in ("table", "search"):
+            np.testing.assert_array_equal(tf_colors_to_ids(tf_img[:, 256:], method=method).numpy(), expected)
