@@ -109,3 +109,28 @@ def test_torch_one_epoch_fed_by_tf_data(tmp_path):
     assert "backend torch" in r.stdout and "tf.data pipeline" in r.stdout
     assert r.stdout.count("POLICY") == 2
     _check_run(out, "torch", "tf")
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_tensorflow_mixed_precision_trains(policy):
+    """The same step as the other backends' drivers, here under TensorFlow (in-process)."""
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from segmentation_model import build_unet
+
+    x = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype("uint8")
+    y = np.eye(19, dtype="float32")[np.random.default_rng(1).integers(0, 19, (2, 32, 32))]
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_unet(32, 19, (4, 8))
+        model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
+        if policy == "mixed_float16":
+            # compile() wraps the optimizer in dynamic loss scaling.
+            assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        losses = [float(model.train_on_batch(x, y)) for _ in range(3)]
+        out = model.predict(x, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert all(np.isfinite(losses)) and out.dtype == np.float32
+    assert model.get_layer("enc1_conv1").compute_dtype == policy.split("_")[1]
