@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="width of the first UNet level; widths double per level (default: 12 on CPU, 64 on GPU)",
     )
     p.add_argument(
-        "--learning-rate", type=float, default=2e-3, help="Adam learning rate (peak of the cosine schedule)"
+        "--learning-rate", type=float, default=3e-3, help="Adam learning rate (peak of the cosine schedule)"
     )
     p.add_argument(
         "--schedule",
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--warmup-epochs",
         type=float,
-        default=0.0,
+        default=0.5,
         help="with --schedule cosine: rise linearly from 2%% to the peak over this many epochs first",
     )
     p.add_argument(

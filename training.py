@@ -71,9 +71,9 @@ class TrainConfig:
     batch_size: int | None = None
     image_size: int | None = None
     base_filters: int | None = None
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     schedule: str = "cosine"
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.5
     early_stop: int = 0
     val_split: float = 0.15
     seed: int = 42
