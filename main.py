@@ -43,13 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-size",
         type=int,
         default=None,
-        help="side of the square model input, a multiple of 16 (default: 112 on CPU, 256 on GPU)",
+        help="side of the square model input, a multiple of 16 (default: 96 on CPU, 256 on GPU)",
     )
     p.add_argument(
         "--base-filters",
         type=int,
         default=None,
-        help="width of the first UNet level; widths double per level (default: 12 on CPU, 64 on GPU)",
+        help="width of the first UNet level; widths double per level (default: 16 on CPU, 64 on GPU)",
     )
     p.add_argument(
         "--learning-rate", type=float, default=3e-3, help="Adam learning rate (peak of the cosine schedule)"
