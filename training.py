@@ -49,7 +49,8 @@ DEPTH = 4  # down-sampling levels of the UNet
 # pairs. 96x96 with 16 filters costs about what 112x112 with 12 did (epochs
 # of 141-144 s on a quiet machine, both) and learned more in the same 10
 # epochs (validation mean IoU 0.346 against 0.337; 0.340 against 0.334 at
-# the labels' 256x256): wider levels buy more than the extra resolution.
+# the labels' 256x256; with another seed 0.340 against 0.329): wider
+# levels buy more than the extra resolution.
 # A GPU takes the classic UNet at the data's 256x256. On CPU, batches of 8
 # learn more per epoch than 16 at the same speed per image: twice the steps
 # in a short run (3-epoch validation mean IoU 0.269 vs 0.246; batches of 4
