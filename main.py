@@ -139,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="compile the training step with XLA; auto: on for CPU TensorFlow (1.3x faster here), Keras' choice elsewhere",
     )
     p.add_argument(
+        "--autosize",
+        type=str,
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="on a CPU, when --image-size and --base-filters are left to the machine: time a few training "
+        "steps of growing UNet sizes and take the largest whose run fits 25 min; auto: only on CPUs with bf16 "
+        "matrix units (the defaults were measured on a CPU without them)",
+    )
+    p.add_argument(
         "--distribute",
         type=str,
         default="none",

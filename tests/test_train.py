@@ -302,3 +302,56 @@ def test_encoder_model_offline_falls_back_to_random_weights(tmp_path, capsys):
         assert line.startswith("--encoder efficientnetb0:") and "weights=None" in line
     r = run_main("--output-dir", tmp_path / "x", "--encoder", "resnet50", "--image-size", 48)
     assert r.returncode == 2 and "--image-size 48: must be a positive multiple of 32" in r.stderr
+
+
+def test_autosize_takes_the_largest_size_that_fits():
+    from training import choose_autosize, measure_step_rate, projected_run_seconds
+
+    # The CPU default's measured run: 18.8 images/s; 10 epochs over 2529 +
+    # 446 pairs took 26.5 min.
+    assert 25 < projected_run_seconds(18.8, 2529, 446, 10) / 60 < 28
+    rates = {(96, 16): 90.0, (96, 24): 45.0, (128, 24): 25.0, (128, 32): 12.0, (160, 32): 8.0}
+    calls = []
+
+    def fake(size, filters, batch, jit):
+        calls.append((size, filters))
+        return rates[(size, filters)]
+
+    (size, filters), lines = choose_autosize(2529, 446, 10, 8, True, measure=fake)
+    # 25 images/s: 10 * (2529 + 446 / 3) / 25 + 180 s = 20.9 min, fits 25;
+    # 12 images/s: 40 min does not, and nothing larger is measured.
+    assert (size, filters) == (128, 24)
+    assert calls == [(96, 16), (96, 24), (128, 24), (128, 32)]
+    assert len(lines) == 4 and "over 25 min" in lines[-1] and "over" not in lines[-2]
+    # Too slow even for the first size: it is kept, nothing else measured.
+    calls.clear()
+    assert choose_autosize(2529, 446, 10, 8, True, measure=lambda *a: calls.append(a) or 5.0)[0] == (96, 16)
+    assert len(calls) == 1
+    # The real measurement, on a tiny model.
+    assert measure_step_rate(32, 4, 2, False) > 0
+
+
+def test_autosize_on_sizes_the_run(tiny_data, tmp_path, monkeypatch, capsys):
+    import training
+
+    monkeypatch.setattr(training, "AUTOSIZE_LADDER", ((32, 4), (32, 8), (64, 8)))
+    rates = {(32, 4): 1000.0, (32, 8): 500.0, (64, 8): 0.001}
+    monkeypatch.setattr(training, "measure_step_rate", lambda s, f, b, j: rates[(s, f)])
+    out_dir = tmp_path / "out"
+    cfg = training.TrainConfig(
+        data_dir=str(tiny_data),
+        output_dir=str(out_dir),
+        epochs=1,
+        batch_size=4,
+        xla="off",
+        autosize="on",
+        progress_every=0,
+        num_preds=1,
+    )
+    training.run_training(cfg)
+    saved = json.loads((out_dir / "config.json").read_text())
+    assert (saved["image_size"], saved["base_filters"]) == (32, 8)
+    assert len(saved["autosize_measured"]) == 3 and "over 25 min" in saved["autosize_measured"][-1]
+    printed = capsys.readouterr().out
+    assert "image_size = 32 (--autosize on: the largest size" in printed
+    assert keras.models.load_model(out_dir / "unet_model.keras").input_shape == (None, 32, 32, 3)
