@@ -331,11 +331,17 @@ def test_autosize_takes_the_largest_size_that_fits():
     assert measure_step_rate(32, 4, 2, False) > 0
 
 
-def test_autosize_on_sizes_the_run(tiny_data, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "rates, chosen",
+    [
+        ({(32, 4): 1000.0, (32, 8): 500.0, (64, 8): 0.001}, (32, 8)),  # a larger size: the data reopened
+        ({(32, 4): 1000.0, (32, 8): 0.001}, (32, 4)),  # the first size kept
+    ],
+)
+def test_autosize_on_sizes_the_run(tiny_data, tmp_path, monkeypatch, capsys, rates, chosen):
     import training
 
     monkeypatch.setattr(training, "AUTOSIZE_LADDER", ((32, 4), (32, 8), (64, 8)))
-    rates = {(32, 4): 1000.0, (32, 8): 500.0, (64, 8): 0.001}
     monkeypatch.setattr(training, "measure_step_rate", lambda s, f, b, j: rates[(s, f)])
     out_dir = tmp_path / "out"
     cfg = training.TrainConfig(
@@ -350,8 +356,9 @@ def test_autosize_on_sizes_the_run(tiny_data, tmp_path, monkeypatch, capsys):
     )
     training.run_training(cfg)
     saved = json.loads((out_dir / "config.json").read_text())
-    assert (saved["image_size"], saved["base_filters"]) == (32, 8)
-    assert len(saved["autosize_measured"]) == 3 and "over 25 min" in saved["autosize_measured"][-1]
+    assert (saved["image_size"], saved["base_filters"]) == chosen
+    assert len(saved["autosize_measured"]) == len(rates) and "over 25 min" in saved["autosize_measured"][-1]
     printed = capsys.readouterr().out
-    assert "image_size = 32 (--autosize on: the largest size" in printed
+    assert f"base_filters = {chosen[1]} (--autosize on: the largest size" in printed
+    assert "Best validation mean IoU" in printed
     assert keras.models.load_model(out_dir / "unet_model.keras").input_shape == (None, 32, 32, 3)
