@@ -207,11 +207,13 @@ def decode_pair_np(path: str | os.PathLike, image_size: int, full_labels: bool =
     half = image.shape[1] // 2
     photo, label = image[:, :half], image[:, half:]
     photo = resize_area(photo, image_size, image_size)
-    # Ids are decoded at the label's own resolution, then resized with
-    # nearest neighbour only: class ids must never be interpolated.
+    # Nearest neighbour only for ids. Picking pixels commutes with the
+    # per-pixel colour -> id map, so without `full_labels` only the picked
+    # pixels are looked up (the same ids, as in `data_pipeline.decode_pair`).
+    if not full_labels:
+        return photo, colors_to_ids(resize_nearest(label, image_size, image_size))
     full_ids = colors_to_ids(label)
-    ids = resize_nearest(full_ids, image_size, image_size)
-    return (photo, ids, full_ids) if full_labels else (photo, ids)
+    return photo, resize_nearest(full_ids, image_size, image_size), full_ids
 
 
 def to_model_inputs_np(photo: np.ndarray, ids: np.ndarray, num_classes: int = NUM_CLASSES):

@@ -49,6 +49,10 @@ def assert_same_as_tf(tf, path, size):
     np.testing.assert_array_equal(full, t_full)
     np.testing.assert_array_equal(ids, t_ids)
     assert_photo_close(photo, t_photo)
+    # Without the full labels only the picked pixels' colours are looked up:
+    # the same photo and ids.
+    np.testing.assert_array_equal(decode_pair_np(path, size)[1], ids)
+    np.testing.assert_array_equal(decode_pair(tf.constant(str(path)), size)[1].numpy(), ids)
 
 
 # (in, out): down, up, and sizes where float64 arithmetic would pick other

@@ -48,6 +48,21 @@ def test_labels_resized_with_nearest_only(tmp_path):
     np.testing.assert_array_equal(ids_small, ids_full[2::4, 2::4])
 
 
+@pytest.mark.parametrize("size", [16, 24, 48])
+def test_resized_ids_equal_those_of_the_full_decode(tmp_path, size):
+    # decode_pair looks up only the colours of the pixels that nearest
+    # neighbour picks; the ids must equal decoding every label pixel and
+    # resizing the ids. The JPEG-blurred edges make colours off the palette.
+    path = tf.constant(write_pairs(tmp_path, 1, size=32)[0])
+    photo, ids = (t.numpy() for t in decode_pair(path, size))
+    f_photo, f_ids, full = (t.numpy() for t in decode_pair(path, size, full_labels=True))
+    np.testing.assert_array_equal(photo, f_photo)
+    np.testing.assert_array_equal(ids, f_ids)
+    resized = tf.image.resize(full[..., None], (size, size), method="nearest")[..., 0].numpy()
+    np.testing.assert_array_equal(ids, resized)
+    assert (ids == 255).any() and (ids != 255).any()
+
+
 def test_to_model_inputs_one_hot_and_weights():
     ids = tf.constant([[[0, 255], [18, 3]]], tf.uint8)
     photo = tf.zeros((1, 2, 2, 3), tf.uint8)
