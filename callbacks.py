@@ -55,12 +55,16 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     Args:
         path: Destination `.keras` file.
         monitor: Log key to maximise.
+        to_save: Maps the training model to the model written, e.g.
+            `segmentation_model.at_source_size`; the training model itself
+            when None.
     """
 
-    def __init__(self, path: str, monitor: str = "val_mean_iou"):
+    def __init__(self, path: str, monitor: str = "val_mean_iou", to_save=None):
         super().__init__()
         self.path = path
         self.monitor = monitor
+        self.to_save = to_save
         self.best = -math.inf
         self.best_epoch: int | None = None
 
@@ -68,7 +72,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if value is None or not math.isfinite(value) or value <= self.best:
             return
-        save_model_atomic(self.model, self.path)
+        save_model_atomic(self.to_save(self.model) if self.to_save else self.model, self.path)
         print(
             f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.4f} to "
             f"{value:.4f}, saved {self.path}",

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pair_files import jpeg_header
+
 DATASETS = ("pairs", "tfds-cityscapes")
 PIPELINES = ("auto", "tf", "numpy")
 
@@ -77,6 +79,9 @@ class RunData:
             for `count` validation samples: uint8 `(K, S, S, 3)` and
             `(K, S, S)`; spread evenly over the split when `spread`, else
             the first ones.
+        source_size: Side of the square photo and label halves of the pair
+            files (of the first training file), or None when they are not
+            square (or the data are not pairs).
     """
 
     train: object
@@ -87,6 +92,7 @@ class RunData:
     pipeline: str
     class_frequencies: Callable[[], np.ndarray]
     samples: Callable[[int, bool], tuple[list[str], np.ndarray, np.ndarray]]
+    source_size: int | None = None
 
 
 def _stacked(names: list[str], pairs: list, image_size: int):
@@ -134,6 +140,8 @@ def from_pairs(
     Returns:
         A `RunData`.
     """
+    height, width, _ = jpeg_header(train_files[0])
+    source_size = height if width == 2 * height else None
     if pipeline == "numpy":
         from numpy_pipeline import PairDataset, class_frequencies_np, decode_pair_np
 
@@ -154,6 +162,7 @@ def from_pairs(
             "numpy",
             lambda: class_frequencies_np(train),
             samples,
+            source_size,
         )
 
     import tensorflow as tf
@@ -179,6 +188,7 @@ def from_pairs(
         # Iterating the decoded split also fills the cache the training reads.
         lambda: class_frequencies(decoded),
         samples,
+        source_size,
     )
 
 

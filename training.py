@@ -31,7 +31,12 @@ from callbacks import (
 )
 from distribute import DISTRIBUTE
 from model_arch import get_model_arch
-from segmentation_model import build_encoder_unet, build_unet, widths_from_base
+from segmentation_model import (
+    at_source_size,
+    build_encoder_unet,
+    build_unet,
+    widths_from_base,
+)
 
 MODEL_FILE = "unet_model.keras"
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -997,6 +1002,18 @@ def run_training(
     reasons_xla = {True: "on", False: "off"}.get(jit, "Keras' choice")
     print(f"XLA: {reasons_xla} (--xla {cfg.xla})")
 
+    # The saved model takes the data's photos as they are and returns scores
+    # at their size (`at_source_size`): nobody scoring or using it has to
+    # resize photos the way training did, or line its output up with the labels.
+    source = data.source_size
+    if source and source != cfg.image_size:
+        saved_size = source
+        print(
+            f"Saved model: takes {source}x{source} photos (area-resized inside to {cfg.image_size}x{cfg.image_size}) "
+            f"and returns scores at {source}x{source}"
+        )
+    else:
+        saved_size = cfg.image_size
     if not resume:
         uf.write_json(
             out("config.json"),
@@ -1011,6 +1028,7 @@ def run_training(
                 "jit_compile": jit,
                 "class_weight_values": None if weights is None else [round(float(w), 4) for w in weights],
                 "autosize_measured": autosize_lines,
+                "saved_model_size": saved_size,
             },
         )
     uf.write_json(out("classes.json"), uf.classes_table())
@@ -1018,7 +1036,8 @@ def run_training(
     print(f"Model: {model.count_params():,} parameters; architecture in {arch}")
 
     initial_epoch = state[0] if resume else 0
-    checkpoint = BestModelCheckpoint(model_path)
+    to_save = None if saved_size == cfg.image_size else (lambda m: at_source_size(m, saved_size))
+    checkpoint = BestModelCheckpoint(model_path, to_save=to_save)
     history = HistoryCSV(out("history.csv"))
     non_finite = StopOnNonFinite()
     if resume:
@@ -1071,6 +1090,8 @@ def run_training(
     panels = []
     if checkpoint.best_epoch is not None and cfg.num_preds:
         best = keras.models.load_model(model_path)
+        if saved_size != cfg.image_size:  # the trained core, at the samples' size
+            best = next(layer for layer in best.layers if isinstance(layer, keras.Model))
         panels = write_prediction_panels(best, data.samples(cfg.num_preds, False), cfg.output_dir, pad_to)
 
     elapsed = time.perf_counter() - t_start
@@ -1087,8 +1108,13 @@ def run_training(
     }
     print(f"\nDone in {elapsed / 60:.1f} min. Outputs in {cfg.output_dir}/:")
     if summary["model"]:
+        at = (
+            ""
+            if saved_size == cfg.image_size
+            else f" at {cfg.image_size}x{cfg.image_size}; it works at {saved_size}x{saved_size}"
+        )
         print(
-            f"  {MODEL_FILE:18s} best model (epoch {summary['best_epoch']}, val mean IoU {checkpoint.best:.4f})"
+            f"  {MODEL_FILE:18s} best model (epoch {summary['best_epoch']}, val mean IoU {checkpoint.best:.4f}{at})"
         )
     else:
         print("  no model saved: validation mean IoU was never finite")

@@ -102,3 +102,19 @@ def test_export_saved_model(model_dir, tmp_path):
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     want = keras.models.load_model(model_dir / "unet_model.keras", compile=False).predict(x, verbose=0)
     np.testing.assert_allclose(loaded.serve(x).numpy(), want, atol=1e-4)
+
+
+def test_export_openvino_of_a_model_at_source_size(tmp_path):
+    # The saved model of a run below the data's size: area resize in,
+    # bilinear scores out (segmentation_model.at_source_size).
+    from model_export import run_export
+    from segmentation_model import at_source_size
+
+    keras.utils.set_random_seed(6)
+    core = build_unet(16, uf.NUM_CLASSES, (4, 8), 16)
+    head = core.get_layer("head_conv")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 30, bias])
+    at_source_size(core, 24).save(tmp_path / "unet_model.keras")  # 24 -> 16: up 2, pool 3
+    result = run_export(str(tmp_path / "unet_model.keras"))
+    assert result["agreement"] >= 0.995

@@ -99,3 +99,29 @@ def test_encoder_unet_shapes_and_preprocessing(encoder):
         np.testing.assert_allclose(out[0, ..., 2], x[0, ..., 0] - 123.68, atol=1e-3)
     with pytest.raises(ValueError, match="divisible by 32"):
         build_encoder_unet(48, 19, encoder, weights=None)
+
+
+@pytest.mark.parametrize("source, size", [(256, 96), (256, 100), (32, 16), (24, 16), (16, 32)])
+def test_at_source_size_resizes_like_the_pipeline(source, size):
+    tf = pytest.importorskip("tensorflow")
+    from segmentation_model import area_matrix, at_source_size
+
+    np.testing.assert_allclose(area_matrix(source, size).sum(1), 1.0, atol=1e-6)
+    core = build_unet(size, widths=(4, 8))
+    model = at_source_size(core, source)
+    assert model.input_shape == (None, source, source, 3) and model.output_shape == (None, source, source, 19)
+    x = np.random.default_rng(source + size).integers(0, 256, (2, source, source, 3)).astype("float32")
+    # The frozen Dense layers are TensorFlow's area resize.
+    inner = keras.Model(model.input, model.get_layer("photo_to_hwc").output)(x)
+    area = tf.image.resize(x, (size, size), method="area").numpy()
+    np.testing.assert_allclose(inner, area, atol=5e-3)  # float32 sums in another order
+    want = tf.image.resize(core(area), (source, source), method="bilinear").numpy()
+    np.testing.assert_allclose(model(x), want, atol=1e-4)
+    assert not model.get_layer("photo_area_h").trainable
+
+
+def test_at_source_size_of_a_model_at_that_size_is_the_model():
+    from segmentation_model import at_source_size
+
+    core = build_unet(32, widths=(4, 8))
+    assert at_source_size(core, 32) is core
