@@ -167,7 +167,9 @@ def resolve_precision(requested: str, on_gpu: bool) -> tuple[str, str]:
     return "float32", "CPU without bf16 matrix units: bfloat16 would be slower here"
 
 
-def resolve_xla(mode: str, on_gpu: bool, policy: str = "float32", bf16_units: bool = False) -> bool | str:
+def resolve_xla(
+    mode: str, on_gpu: bool, policy: str = "float32", bf16_units: bool = False, cpu_replicas: int = 1
+) -> bool | str:
     """The `jit_compile` argument of `Model.compile` for `--xla MODE`.
 
     Keras' own "auto" leaves XLA off on a CPU-only TensorFlow. Here `auto`
@@ -182,12 +184,27 @@ def resolve_xla(mode: str, on_gpu: bool, policy: str = "float32", bf16_units: bo
         on_gpu: Whether a GPU is visible.
         policy: The dtype policy in use.
         bf16_units: Whether the CPU has bf16 matrix units.
+        cpu_replicas: Replicas of a TensorFlow strategy over logical CPU
+            devices (`--cpu-replicas`). XLA cannot run those: a compiled
+            step reaches a variable of another replica's device and fails
+            (XLA's known issue "tf.Variable on a different device").
 
     Returns:
         True, False or "auto" (Keras decides).
+
+    Raises:
+        UsageError: For `on` with several CPU replicas.
     """
+    cpu_split = not on_gpu and cpu_replicas > 1 and keras.backend.backend() == "tensorflow"
+    if mode == "on" and cpu_split:
+        raise UsageError(
+            f"--xla on: XLA cannot compile a step over {cpu_replicas} CPU replicas (--cpu-replicas); "
+            "use --xla auto or off"
+        )
     if mode != "auto":
         return mode == "on"
+    if cpu_split:
+        return False
     if on_gpu or keras.backend.backend() != "tensorflow":
         return "auto"
     if policy == "mixed_bfloat16" and bf16_units:
@@ -911,7 +928,8 @@ def run_training(
         )
 
     os.makedirs(cfg.output_dir, exist_ok=True)
-    jit = resolve_xla(cfg.xla, on_gpu, policy, cpu_has_bf16_matmul())
+    cpu_replicas = dist.replicas if dist.mode == "mirrored" and not on_gpu else 1
+    jit = resolve_xla(cfg.xla, on_gpu, policy, cpu_has_bf16_matmul(), cpu_replicas)
     autosize_lines = []
     if autosize:
         keras.mixed_precision.set_global_policy(policy)

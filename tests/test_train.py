@@ -15,7 +15,7 @@ pytest.importorskip("tensorflow")
 from callbacks import BestModelCheckpoint  # noqa: E402
 from conftest import TINY, TINY_DEFAULT_XLA, run_main, write_pairs  # noqa: E402
 from data_pipeline import make_dataset  # noqa: E402
-from training import TrainConfig, build_and_compile  # noqa: E402
+from training import TrainConfig, UsageError, build_and_compile  # noqa: E402
 
 
 def _tiny_model(steps=1, epochs=1, class_weights=None):
@@ -243,6 +243,11 @@ def test_xla_choice():
         assert resolve_xla("auto", on_gpu=False, policy="mixed_bfloat16", bf16_units=False) is True
         # With bf16 units, TensorFlow's oneDNN kernels stay.
         assert resolve_xla("auto", on_gpu=False, policy="mixed_bfloat16", bf16_units=True) == "auto"
+        # A strategy over logical CPU devices: XLA cannot run it.
+        assert resolve_xla("auto", on_gpu=False, cpu_replicas=2) is False
+        assert resolve_xla("off", on_gpu=False, cpu_replicas=2) is False
+        with pytest.raises(UsageError, match="--xla on: XLA cannot compile a step over 2 CPU replicas"):
+            resolve_xla("on", on_gpu=False, cpu_replicas=2)
 
 
 def test_warmup_cosine_schedule():
