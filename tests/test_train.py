@@ -148,21 +148,64 @@ def test_main_end_to_end_tiny(tiny_data, tmp_path):
         assert events and os.path.getsize(out / "logs" / sub / events[0]) > 0, sub
 
     # A second run keeps the first run's model instead of overwriting it.
+    # It trains at 16x16 on the 32x32 pairs: its saved model takes the 32x32
+    # photos as they are (area resize inside) and returns 32x32 scores.
     r2 = run_main(
-        "--data-dir",
-        tiny_data,
-        "--output-dir",
-        out,
-        "--epochs",
-        1,
-        *TINY,
-        "--num-preds",
-        0,
-    )
+        "--data-dir", tiny_data, "--output-dir", out, "--epochs", 1, *TINY,
+        "--image-size", 16, "--num-preds", 1, "--progress-every", 0,
+    )  # fmt: skip
     assert r2.returncode == 0, r2.stderr[-3000:]
     kept = [n for n in os.listdir(out) if n.startswith("unet_model.") and n.endswith(".keras")]
     kept.remove("unet_model.keras")
     assert len(kept) == 1 and "kept as" in r2.stdout
+    _check_saved_at_data_size(r2, out, tmp_path)
+
+
+def _check_saved_at_data_size(r, out, tmp_path):
+    assert (
+        "Saved model: takes 32x32 photos (area-resized inside to 16x16) and returns scores at 32x32"
+        in r.stdout
+    )
+    cfg = json.load(open(out / "config.json"))
+    assert cfg["image_size"] == 16 and cfg["saved_model_size"] == 32
+    assert (out / "pred_1.png").stat().st_size > 0
+
+    x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, numpy as np, keras\n"
+        "m = keras.models.load_model(sys.argv[1])\n"
+        "assert 'segmentation_model' not in sys.modules\n"
+        "print(m.input_shape, m.output_shape)\n"
+        "np.save(sys.argv[2], m.predict(np.load(sys.argv[3]), verbose=0))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(out / "unet_model.keras"), str(tmp_path / "y.npy"), str(tmp_path / "x.npy")],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(None, 32, 32, 3) (None, 32, 32, 19)" in r.stdout
+    y = np.load(tmp_path / "y.npy")
+
+    # The same as the trained core on the pipeline's area resize, its scores
+    # resized bilinearly.
+    import tensorflow as tf
+
+    saved = keras.models.load_model(out / "unet_model.keras", compile=False)
+    core = next(layer for layer in saved.layers if isinstance(layer, keras.Model))
+    assert core.input_shape == (None, 16, 16, 3)
+    small = tf.image.resize(x, (16, 16), method="area").numpy()
+    want = tf.image.resize(core.predict(small, verbose=0), (32, 32), method="bilinear").numpy()
+    np.testing.assert_allclose(y, want, atol=1e-4)
+    np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-4)
+
+    # Scoring it needs no resize: both figures are at the labels' 32x32.
+    r = run_main("evaluate", "--model", out / "unet_model.keras")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.load(open(out / "eval" / "report.json"))
+    assert report["image_size"] == 32
+    assert report["label_resolution"]["mean_iou"] == pytest.approx(report["mean_iou"], abs=1e-6)
 
 
 def test_main_skips_bad_files_and_goes_on(tiny_data, tmp_path):
@@ -367,58 +410,3 @@ def test_autosize_on_sizes_the_run(tiny_data, tmp_path, monkeypatch, capsys, rat
     assert f"base_filters = {chosen[1]} (--autosize on: the largest size" in printed
     assert "Best validation mean IoU" in printed
     assert keras.models.load_model(out_dir / "unet_model.keras").input_shape == (None, 32, 32, 3)
-
-
-def test_saved_model_takes_and_returns_the_data_size(tiny_data, tmp_path):
-    # Training at 16x16 on 32x32 pairs: the saved model takes the 32x32
-    # photos as they are (area resize inside) and returns 32x32 scores.
-    out = tmp_path / "out"
-    r = run_main(
-        "--data-dir", tiny_data, "--output-dir", out, "--epochs", 1,
-        "--image-size", 16, "--base-filters", 4, "--batch-size", 4, "--num-preds", 1, "--progress-every", 0,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert (
-        "Saved model: takes 32x32 photos (area-resized inside to 16x16) and returns scores at 32x32"
-        in r.stdout
-    )
-    cfg = json.load(open(out / "config.json"))
-    assert cfg["image_size"] == 16 and cfg["saved_model_size"] == 32
-    assert (out / "pred_1.png").stat().st_size > 0
-
-    x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype("float32")
-    np.save(tmp_path / "x.npy", x)
-    script = (
-        "import sys, numpy as np, keras\n"
-        "m = keras.models.load_model(sys.argv[1])\n"
-        "assert 'segmentation_model' not in sys.modules\n"
-        "print(m.input_shape, m.output_shape)\n"
-        "np.save(sys.argv[2], m.predict(np.load(sys.argv[3]), verbose=0))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    r = subprocess.run(
-        [sys.executable, "-c", script, str(out / "unet_model.keras"), str(tmp_path / "y.npy"), str(tmp_path / "x.npy")],
-        cwd=tmp_path, env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "(None, 32, 32, 3) (None, 32, 32, 19)" in r.stdout
-    y = np.load(tmp_path / "y.npy")
-
-    # The same as the trained core on the pipeline's area resize, its scores
-    # resized bilinearly.
-    import tensorflow as tf
-
-    saved = keras.models.load_model(out / "unet_model.keras", compile=False)
-    core = next(layer for layer in saved.layers if isinstance(layer, keras.Model))
-    assert core.input_shape == (None, 16, 16, 3)
-    small = tf.image.resize(x, (16, 16), method="area").numpy()
-    want = tf.image.resize(core.predict(small, verbose=0), (32, 32), method="bilinear").numpy()
-    np.testing.assert_allclose(y, want, atol=1e-4)
-    np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-4)
-
-    # Scoring it needs no resize: both figures are at the labels' 32x32.
-    r = run_main("evaluate", "--model", out / "unet_model.keras")
-    assert r.returncode == 0, r.stderr[-3000:]
-    report = json.load(open(out / "eval" / "report.json"))
-    assert report["image_size"] == 32
-    assert report["label_resolution"]["mean_iou"] == pytest.approx(report["mean_iou"], abs=1e-6)
