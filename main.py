@@ -112,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--loss",
         type=str,
         default="ce",
-        choices=["ce", "ce_dice", "focal"],
+        choices=["ce", "ce_dice", "ce_lovasz", "focal"],
         help="ce: (class-weighted) cross-entropy, a Keras built-in; ce_dice: plus a soft Dice term over the "
-        "classes; focal: Keras' categorical focal loss (gamma 2, class weights as alpha)",
+        "classes; ce_lovasz: plus the Lovasz-softmax term, a surrogate of mean IoU (slower steps); "
+        "focal: Keras' categorical focal loss (gamma 2, class weights as alpha)",
     )
     p.add_argument(
         "--encoder",

@@ -42,7 +42,7 @@ MODEL_FILE = "unet_model.keras"
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("auto", "none")
 SCHEDULES = ("cosine", "constant", "plateau")
-LOSSES = ("ce", "ce_dice", "focal")
+LOSSES = ("ce", "ce_dice", "ce_lovasz", "focal")
 XLA_MODES = ("auto", "on", "off")
 ENCODERS = ("unet", "resnet50", "efficientnetb0")
 DEPTH = 4  # down-sampling levels of the UNet
@@ -473,6 +473,8 @@ def make_loss(class_weights: np.ndarray | None = None, kind: str = "ce") -> kera
     built-in that loads without this project.
 
     `kind="ce_dice"` adds a soft Dice term (`losses.CrossEntropyDice`);
+    `kind="ce_lovasz"` adds the Lovasz-softmax term, a surrogate of the
+    mean IoU itself (`losses.CrossEntropyLovasz`);
     `kind="focal"` is Keras' `CategoricalFocalCrossentropy` with `gamma=2`
     (the class weights as `alpha`), which down-weights pixels already
     classified with confidence.
@@ -486,6 +488,10 @@ def make_loss(class_weights: np.ndarray | None = None, kind: str = "ce") -> kera
     """
     if kind == "ce_dice":
         return losses.CrossEntropyDice(
+            None if class_weights is None else [round(float(w), 4) for w in class_weights]
+        )
+    if kind == "ce_lovasz":
+        return losses.CrossEntropyLovasz(
             None if class_weights is None else [round(float(w), 4) for w in class_weights]
         )
     alpha = 1.0 if class_weights is None else [round(float(w), 4) for w in class_weights]
