@@ -47,16 +47,18 @@ class Timer:
         self.seconds: list[float] = []
 
 
-def measure(files, size, base, batch, policy, xla, steps):
+def measure(files, size, base, batch, policy, xla, steps, loss="ce"):
     import keras
+    import numpy as np
 
     from data_pipeline import make_dataset
     from training import TrainConfig, build_and_compile
 
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    cfg = TrainConfig(image_size=size, base_filters=base, batch_size=batch, epochs=3)
-    model = build_and_compile(cfg, steps, jit_compile=xla)
+    cfg = TrainConfig(image_size=size, base_filters=base, batch_size=batch, epochs=3, loss=loss)
+    # Class weights, as in a default run (their values do not change the cost).
+    model = build_and_compile(cfg, steps, np.ones(19, "float32"), jit_compile=xla)
     ds = make_dataset(files[: steps * batch], size, batch, training=True, seed=0)
     timer = Timer()
     model.fit(ds, epochs=3, verbose=0, callbacks=[timer.callback], shuffle=False)
@@ -74,6 +76,9 @@ def main() -> None:
         default=",".join(f"{pol}:{'on' if xla else 'off'}" for pol, xla in PRECISIONS),
         help="comma-separated POLICY:XLA pairs, XLA on or off; the first is the base of the ratios",
     )
+    p.add_argument(
+        "--losses", default="ce", help="comma-separated --loss values, timed for every model and precision"
+    )
     args = p.parse_args()
     precisions = []
     for item in args.precisions.split(","):
@@ -87,16 +92,20 @@ def main() -> None:
 
     files = list_images(args.data_dir)
     print(f"CPU: {os.cpu_count()} cores, bf16 matrix units: {cpu_has_bf16_matmul()}")
-    print(f"{'model':40s} {'precision':15s} {'XLA':>4s} {'batch':>5s} {'img/s':>7s} {'vs f32':>7s}")
+    print(
+        f"{'model':40s} {'loss':10s} {'precision':15s} {'XLA':>4s} {'batch':>5s} {'img/s':>7s} {'vs first':>8s}"
+    )
     for key in args.models.split(","):
         name, size, base, batch = MODELS[key]
         base_rate = None
-        for policy, xla in precisions:
-            rate = measure(files, size, base, batch, policy, xla, args.steps)
-            base_rate = base_rate or rate
-            print(
-                f"{name:40s} {policy:15s} {'on' if xla else 'off':>4s} {batch:5d} {rate:7.2f} {rate / base_rate:6.2f}x"
-            )
+        for loss in args.losses.split(","):
+            for policy, xla in precisions:
+                rate = measure(files, size, base, batch, policy, xla, args.steps, loss)
+                base_rate = base_rate or rate
+                print(
+                    f"{name:40s} {loss:10s} {policy:15s} {'on' if xla else 'off':>4s} {batch:5d} {rate:7.2f} "
+                    f"{rate / base_rate:7.2f}x"
+                )
 
 
 if __name__ == "__main__":
