@@ -339,7 +339,10 @@ def at_source_size(core: keras.Model, source_size: int, name: str | None = None)
     x = keras.layers.Permute((1, 3, 2), name="photo_swap_hw")(x)  # (B, 3, S, H)
     x = area("h")(x)  # (B, 3, S(w), S(h))
     x = keras.layers.Permute((3, 2, 1), name="photo_to_hwc")(x)  # (B, S, S, 3)
-    probs = core(x)
+    # A fresh Model over the core's graph: the same layers and weights,
+    # without the core's compile state, which would be saved with a nested
+    # model and then need a custom loss to load even with compile=False.
+    probs = keras.Model(core.input, core.output, name=core.name)(x)
     outputs = keras.layers.Resizing(
         source_size, source_size, interpolation="bilinear", dtype="float32", name="scores_resize"
     )(probs)

@@ -68,14 +68,25 @@ def test_model_trains_and_loads_without_project(tmp_path, loss):
     ds = make_dataset(write_pairs(tmp_path, 8), 32, 8, training=True, seed=0, augment=False)
     hist = model.fit(ds, epochs=20, verbose=0, shuffle=False).history["loss"]
     assert all(np.isfinite(hist)) and np.mean(hist[-3:]) < 0.7 * np.mean(hist[:3])
+    from segmentation_model import at_source_size
+
     model.save(tmp_path / "m.keras")
-    x = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3)).astype("float32")
+    # What a run below the data's size saves: the wrapper around the trained core.
+    wrapped = at_source_size(model, 64)
+    wrapped.save(tmp_path / "w.keras")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (1, 32, 32, 3)).astype("float32")
+    x64 = rng.integers(0, 256, (1, 64, 64, 3)).astype("float32")
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", model.predict(x, verbose=0))
+    np.save(tmp_path / "x64.npy", x64)
+    np.save(tmp_path / "y64.npy", wrapped.predict(x64, verbose=0))
     script = (
         "import numpy as np, keras\n"
         "m = keras.models.load_model('m.keras', compile=False)\n"
         "np.testing.assert_allclose(m.predict(np.load('x.npy'), verbose=0), np.load('y.npy'), atol=1e-5)\n"
+        "w = keras.models.load_model('w.keras', compile=False)\n"
+        "np.testing.assert_allclose(w.predict(np.load('x64.npy'), verbose=0), np.load('y64.npy'), atol=1e-5)\n"
         "print('OK')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
