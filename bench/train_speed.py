@@ -23,6 +23,8 @@ MODELS = {
     "cpu-default-112": ("previous CPU default (112, 12 filters)", 112, 12, 8),
     "classic": ("classic UNet (256, 64 filters)", 256, 64, 4),
 }
+# Loss variants beyond --loss values: name -> CrossEntropyLovasz arguments.
+LOSS_VARIANTS = {"ce_lovasz_sort2": {"stride": 2, "bins": None}}  # the exact sort, every second pixel
 # (policy, XLA)
 PRECISIONS = (("float32", False), ("float32", True), ("mixed_bfloat16", True), ("mixed_bfloat16", False))
 
@@ -56,9 +58,21 @@ def measure(files, size, base, batch, policy, xla, steps, loss="ce"):
 
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    cfg = TrainConfig(image_size=size, base_filters=base, batch_size=batch, epochs=3, loss=loss)
-    # Class weights, as in a default run (their values do not change the cost).
-    model = build_and_compile(cfg, steps, np.ones(19, "float32"), jit_compile=xla)
+    import losses
+    import training
+
+    variant = LOSS_VARIANTS.get(loss)
+    cfg = TrainConfig(
+        image_size=size, base_filters=base, batch_size=batch, epochs=3, loss="ce_lovasz" if variant else loss
+    )
+    make_loss = training.make_loss
+    if variant:
+        training.make_loss = lambda weights, kind: losses.CrossEntropyLovasz(list(weights), **variant)
+    try:
+        # Class weights, as in a default run (their values do not change the cost).
+        model = build_and_compile(cfg, steps, np.ones(19, "float32"), jit_compile=xla)
+    finally:
+        training.make_loss = make_loss
     ds = make_dataset(files[: steps * batch], size, batch, training=True, seed=0)
     timer = Timer()
     model.fit(ds, epochs=3, verbose=0, callbacks=[timer.callback], shuffle=False)
@@ -77,7 +91,9 @@ def main() -> None:
         help="comma-separated POLICY:XLA pairs, XLA on or off; the first is the base of the ratios",
     )
     p.add_argument(
-        "--losses", default="ce", help="comma-separated --loss values, timed for every model and precision"
+        "--losses",
+        default="ce",
+        help=f"comma-separated --loss values (or {', '.join(LOSS_VARIANTS)}), timed for every model and precision",
     )
     args = p.parse_args()
     precisions = []
@@ -93,7 +109,7 @@ def main() -> None:
     files = list_images(args.data_dir)
     print(f"CPU: {os.cpu_count()} cores, bf16 matrix units: {cpu_has_bf16_matmul()}")
     print(
-        f"{'model':40s} {'loss':10s} {'precision':15s} {'XLA':>4s} {'batch':>5s} {'img/s':>7s} {'vs first':>8s}"
+        f"{'model':40s} {'loss':16s} {'precision':15s} {'XLA':>4s} {'batch':>5s} {'img/s':>7s} {'vs first':>8s}"
     )
     for key in args.models.split(","):
         name, size, base, batch = MODELS[key]
@@ -103,7 +119,7 @@ def main() -> None:
                 rate = measure(files, size, base, batch, policy, xla, args.steps, loss)
                 base_rate = base_rate or rate
                 print(
-                    f"{name:40s} {loss:10s} {policy:15s} {'on' if xla else 'off':>4s} {batch:5d} {rate:7.2f} "
+                    f"{name:40s} {loss:16s} {policy:15s} {'on' if xla else 'off':>4s} {batch:5d} {rate:7.2f} "
                     f"{rate / base_rate:7.2f}x"
                 )
 
