@@ -157,8 +157,11 @@ def _lovasz_binned(y_true, y_pred, labelled, bins: int):
     lab = ops.reshape(labelled, (-1, 1))  # (P, 1)
     errors = ops.abs(fg - ops.reshape(y_pred, (-1, num_classes))) * lab  # 0 on void
     # Bin 0 holds the largest errors: the order the Lovasz extension sorts in.
-    b = ops.floor((1.0 - ops.stop_gradient(errors)) * bins)
-    b = ops.cast(ops.clip(b, 0, bins - 1), "int32")
+    b = ops.cast(ops.floor((1.0 - ops.stop_gradient(errors)) * bins), "int32")
+    # Clipped after the cast: a NaN error (a diverged run) becomes some int
+    # that must still index a bin, so the loss turns NaN (which training
+    # reports) instead of the gather failing on a wild index.
+    b = ops.clip(b, 0, bins - 1)
     seg = ops.reshape(b + ops.arange(num_classes, dtype="int32")[None, :] * bins, (-1,))  # (P*C,)
     size = num_classes * bins
 

@@ -315,11 +315,14 @@ def at_source_size(core: keras.Model, source_size: int, name: str | None = None)
     Returns:
         A `keras.Model` `(batch, source_size, source_size, 3)` ->
         `(batch, source_size, source_size, C)`, float32, sharing the core's
-        weights; the core itself when `source_size` is its input size.
+        weights; an uncompiled view of the core itself when `source_size`
+        is its input size.
     """
     size = int(core.input_shape[1])
     if source_size == size:
-        return core
+        # An uncompiled view: the saved file then carries no loss, and loads
+        # without this project whatever `--loss` trained it.
+        return keras.Model(core.input, core.output, name=name or core.name)
     kernel = keras.initializers.Constant(area_matrix(source_size, size).T)  # (source, size)
 
     def area(axis: str):

@@ -102,7 +102,7 @@ class TrainConfig:
     precision: str = "auto"
     augment: str = "flip"
     class_weights: str = "auto"
-    loss: str = "ce"
+    loss: str = "ce_lovasz"
     xla: str = "auto"
     encoder: str = "unet"
     encoder_weights: str = "imagenet"
@@ -1060,7 +1060,9 @@ def run_training(
     print(f"Model: {model.count_params():,} parameters; architecture in {arch}")
 
     initial_epoch = state[0] if resume else 0
-    to_save = None if saved_size == cfg.image_size else (lambda m: at_source_size(m, saved_size))
+    # Always a fresh, uncompiled model over the trained layers: at the data's
+    # size the wrapper, else a plain view, so no custom loss is saved.
+    to_save = lambda m: at_source_size(m, saved_size)  # noqa: E731
     checkpoint = BestModelCheckpoint(model_path, to_save=to_save)
     history = HistoryCSV(out("history.csv"))
     non_finite = StopOnNonFinite()

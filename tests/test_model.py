@@ -120,8 +120,15 @@ def test_at_source_size_resizes_like_the_pipeline(source, size):
     assert not model.get_layer("photo_area_h").trainable
 
 
-def test_at_source_size_of_a_model_at_that_size_is_the_model():
+def test_at_source_size_of_a_model_at_that_size_is_an_uncompiled_view():
     from segmentation_model import at_source_size
 
     core = build_unet(32, widths=(4, 8))
-    assert at_source_size(core, 32) is core
+    core.compile(optimizer="adam", loss="categorical_crossentropy")
+    view = at_source_size(core, 32)
+    assert view is not core and not view.compiled
+    assert view.input_shape == core.input_shape and len(view.weights) == len(core.weights)
+    # The same layers: the view follows the core's weights.
+    assert all(a is b for a, b in zip(view.weights, core.weights, strict=True))
+    x = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(view(x), core(x))

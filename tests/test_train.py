@@ -18,9 +18,15 @@ from data_pipeline import make_dataset  # noqa: E402
 from training import TrainConfig, UsageError, build_and_compile  # noqa: E402
 
 
-def _tiny_model(steps=1, epochs=1, class_weights=None):
+def _tiny_model(steps=1, epochs=1, class_weights=None, loss="ce_lovasz"):
     cfg = TrainConfig(
-        image_size=32, base_filters=8, batch_size=4, epochs=epochs, learning_rate=1e-2, schedule="constant"
+        image_size=32,
+        base_filters=8,
+        batch_size=4,
+        epochs=epochs,
+        learning_rate=1e-2,
+        schedule="constant",
+        loss=loss,
     )
     return build_and_compile(cfg, steps_per_epoch=steps, class_weights=class_weights)
 
@@ -59,29 +65,42 @@ def test_checkpoint_replaces_only_on_improvement(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["best.json", "best.keras"]  # no temporary files left
 
 
-def test_save_load_in_fresh_process_without_project(tmp_path):
+@pytest.mark.parametrize("loss", ["ce_lovasz", "ce"])
+def test_save_load_in_fresh_process_without_project(tmp_path, loss):
+    from segmentation_model import at_source_size
+
     keras.utils.set_random_seed(1)
-    model = _tiny_model(class_weights=np.linspace(0.5, 3, 19))
+    model = _tiny_model(class_weights=np.linspace(0.5, 3, 19), loss=loss)
     x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype("float32")
     model.fit(x, np.eye(19, dtype="float32")[np.zeros((2, 32, 32), int)], epochs=1, verbose=0)
-    path = tmp_path / "m.keras"
-    model.save(path)
+    # What the run's checkpoint writes (an uncompiled view: no custom loss in
+    # the file), and, for the built-in loss, the compiled training model.
+    at_source_size(model, 32).save(tmp_path / "m.keras")
+    model.save(tmp_path / "compiled.keras")
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", model.predict(x, verbose=0))
     script = (
         "import sys, numpy as np, keras\n"
         "assert not any(p.endswith('main') for p in sys.path if p)\n"
-        "m = keras.models.load_model('m.keras')\n"  # compile=True: loss and metrics too
-        "for mod in ('segmentation_model', 'training', 'utils_func'):\n"
-        "    assert mod not in sys.modules\n"
+        "m = keras.models.load_model('m.keras')\n"  # plain load_model, compile=True
         "y = m.predict(np.load('x.npy'), verbose=0)\n"
         "np.testing.assert_allclose(y, np.load('y.npy'), atol=1e-5)\n"
-        "print('OK', m.loss.__class__.__name__, m.loss.alpha[-1])\n"
+        "if sys.argv[1] == 'ce':\n"
+        "    c = keras.models.load_model('compiled.keras')\n"  # compile=True: loss and metrics too
+        "    np.testing.assert_allclose(c.predict(np.load('x.npy'), verbose=0), np.load('y.npy'), atol=1e-5)\n"
+        "    print('loss', c.loss.__class__.__name__, c.loss.alpha[-1])\n"
+        "for mod in ('segmentation_model', 'training', 'utils_func', 'losses'):\n"
+        "    assert mod not in sys.modules\n"
+        "print('OK')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", script, loss], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "OK CategoricalFocalCrossentropy 3.0" in r.stdout
+    assert "OK" in r.stdout
+    if loss == "ce":
+        assert "loss CategoricalFocalCrossentropy 3.0" in r.stdout
 
 
 def test_main_end_to_end_tiny(tiny_data, tmp_path):
