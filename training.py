@@ -964,6 +964,14 @@ def run_training(
         print(f"  {line}")
     print(f"  epochs = {cfg.epochs}, learning_rate = {cfg.learning_rate} ({cfg.schedule}), seed = {cfg.seed}")
     print(
+        f"  loss = {cfg.loss}, class_weights = {cfg.class_weights}, augment = {cfg.augment}"
+        + (
+            " (cross-entropy plus the Lovasz-softmax surrogate of mean IoU)"
+            if cfg.loss == "ce_lovasz"
+            else ""
+        )
+    )
+    print(
         f"Data: {data.n_train} training samples, {data.n_val} validation samples ({data.val_source}); "
         f"{'tf.data' if data.pipeline == 'tf' else 'NumPy'} pipeline"
     )

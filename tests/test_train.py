@@ -118,6 +118,7 @@ def test_main_end_to_end_tiny(tiny_data, tmp_path):
         "--tensorboard",
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "loss = ce_lovasz, class_weights = auto" in r.stdout
     if keras.backend.backend() == "tensorflow":
         assert "XLA: on (--xla auto)" in r.stdout
     for name in (
