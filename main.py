@@ -142,11 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--autosize",
         type=str,
-        default="auto",
-        choices=["auto", "on", "off"],
+        default="off",
+        choices=["off", "on", "auto"],
         help="on a CPU, when --image-size and --base-filters are left to the machine: time a few training "
-        "steps of growing UNet sizes and take the largest whose run fits 25 min; auto: only on CPUs with bf16 "
-        "matrix units (the defaults were measured on a CPU without them)",
+        "steps of growing UNet sizes and take the largest whose run fits 25 min instead of the measured "
+        "default; auto: only on CPUs with bf16 matrix units; off: the measured default",
     )
     p.add_argument(
         "--distribute",

@@ -79,7 +79,10 @@ def _openvino_engine(xml: str, flag: str) -> Engine:
 
     ov = _require_openvino(flag)
     try:
-        compiled = ov.Core().compile_model(xml, "CPU")
+        # f32: on CPUs with bf16 units (AMX) OpenVINO would compute in bf16
+        # by default, and the export would no longer give the model's
+        # classes (3% of the pixels of a small test model differed).
+        compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     except Exception as e:  # noqa: BLE001 - any failure is the file's fault
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UsageError(f"{flag} {xml}: not a usable OpenVINO model ({first[:200]})") from None

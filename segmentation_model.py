@@ -350,3 +350,44 @@ def at_source_size(core: keras.Model, source_size: int, name: str | None = None)
         source_size, source_size, interpolation="bilinear", dtype="float32", name="scores_resize"
     )(probs)
     return keras.Model(inputs, outputs, name=name or f"{core.name}_at_{source_size}")
+
+
+def _float32_policies(config):
+    """`config` with every mixed dtype policy in it replaced by float32."""
+    if isinstance(config, dict):
+        inner = config.get("config")
+        if config.get("class_name") == "DTypePolicy" and isinstance(inner, dict):
+            if str(inner.get("name", "")).startswith("mixed_"):
+                return {**config, "config": {**inner, "name": "float32"}}
+        return {k: _float32_policies(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_float32_policies(v) for v in config]
+    return config
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """A copy of a functional model that computes in float32, with its weights.
+
+    Under `mixed_float16` or `mixed_bfloat16` the weights are float32
+    already and only the layers' computation is in 16 bits. A model saved
+    that way computes in 16 bits wherever it is loaded: on a CPU without
+    bf16 units that is several times slower than float32, and an exported
+    copy (OpenVINO computes in float32) disagrees with it on more pixels.
+    The copy rebuilds the same layers (nested models too) from the
+    model's config with float32 policies and takes its weights.
+
+    Args:
+        model: A functional `keras.Model` of Keras' own layers.
+
+    Returns:
+        A new, uncompiled `keras.Model` with the same inputs, outputs,
+        layer names and weights, every layer float32; `model` itself when
+        no layer has a mixed policy.
+    """
+    config = model.get_config()
+    fixed = _float32_policies(config)
+    if fixed == config:
+        return model
+    copy = model.__class__.from_config(fixed)
+    copy.set_weights(model.get_weights())
+    return copy

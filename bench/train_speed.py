@@ -80,10 +80,24 @@ def measure(files, size, base, batch, policy, xla, steps, loss="ce"):
     return steps * batch / min(timer.seconds)
 
 
+def model_spec(key: str) -> tuple[str, int, int, int]:
+    """A `MODELS` entry, or `SIZExFILTERS` (batch 8) for any other UNet size."""
+    if key in MODELS:
+        return MODELS[key]
+    size, sep, base = key.partition("x")
+    if not (sep and size.isdigit() and base.isdigit()):
+        raise SystemExit(f"error: --models: {key!r} is neither one of {', '.join(MODELS)} nor SIZExFILTERS")
+    return f"UNet ({size}, {base} filters)", int(size), int(base), 8
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default="../shared/data/cityscapes_pairs/train", help="folder of pair JPEGs")
-    p.add_argument("--models", default="cpu-default,classic", help=f"comma-separated: {', '.join(MODELS)}")
+    p.add_argument(
+        "--models",
+        default="cpu-default,classic",
+        help=f"comma-separated: {', '.join(MODELS)}, or SIZExFILTERS (e.g. 128x24)",
+    )
     p.add_argument("--steps", type=int, default=6, help="training steps per timed epoch")
     p.add_argument(
         "--precisions",
@@ -112,7 +126,7 @@ def main() -> None:
         f"{'model':40s} {'loss':16s} {'precision':15s} {'XLA':>4s} {'batch':>5s} {'img/s':>7s} {'vs first':>8s}"
     )
     for key in args.models.split(","):
-        name, size, base, batch = MODELS[key]
+        name, size, base, batch = model_spec(key)
         base_rate = None
         for loss in args.losses.split(","):
             for policy, xla in precisions:

@@ -73,6 +73,49 @@ def test_last_layer_float32_under_mixed_precision():
         keras.mixed_precision.set_global_policy("float32")
 
 
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_float32_copy_of_a_mixed_precision_model(policy):
+    from segmentation_model import at_source_size, float32_copy
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        core = build_unet(32, 19, widths_from_base(4))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    # Trained-looking weights and batch norm statistics (the head starts at
+    # zero), so that all of them must be copied.
+    rng = np.random.default_rng(0)
+    for w in core.weights:
+        low, high = (0.5, 1.5) if "moving_variance" in w.path else (-0.3, 0.3)
+        w.assign(rng.uniform(low, high, w.shape).astype("float32"))
+    wrapped = at_source_size(core, 64)
+    assert {layer.dtype_policy.name for layer in _all_layers(wrapped)} >= {policy}
+    copy = float32_copy(wrapped)
+    assert copy is not wrapped
+    assert {layer.dtype_policy.name for layer in _all_layers(copy)} == {"float32"}
+    assert [layer.name for layer in _all_layers(copy)] == [layer.name for layer in _all_layers(wrapped)]
+    for a, b in zip(copy.get_weights(), wrapped.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The same weights computed in float32 from the start.
+    reference = build_unet(32, 19, widths_from_base(4))
+    reference.set_weights(core.get_weights())
+    x = rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    expected = at_source_size(reference, 64).predict(x, verbose=0)
+    err_copy = np.abs(copy.predict(x, verbose=0) - expected).max()
+    assert err_copy <= 1e-6
+    # 16-bit computation differs from it by more.
+    assert np.abs(wrapped.predict(x, verbose=0) - expected).max() > 10 * err_copy
+    # A float32 model is returned as it is.
+    assert float32_copy(reference) is reference
+
+
 def test_image_size_must_divide():
     with pytest.raises(ValueError, match="divisible by 16"):
         build_unet(100, 19, widths_from_base(4))

@@ -120,7 +120,12 @@ def test_main_end_to_end_tiny(tiny_data, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "loss = ce_lovasz, class_weights = auto" in r.stdout
     if keras.backend.backend() == "tensorflow":
-        assert "XLA: on (--xla auto)" in r.stdout
+        # auto: float32 on CPUs without bf16 units, compiled with XLA there;
+        # mixed_bfloat16 on CPUs with them, left to Keras (oneDNN's kernels).
+        from training import cpu_has_bf16_matmul
+
+        xla = "Keras' choice" if cpu_has_bf16_matmul() else "on"
+        assert f"XLA: {xla} (--xla auto)" in r.stdout
     for name in (
         "unet_model.keras",
         "history.csv",
@@ -395,8 +400,38 @@ def test_autosize_takes_the_largest_size_that_fits():
     calls.clear()
     assert choose_autosize(2529, 446, 10, 8, True, measure=lambda *a: calls.append(a) or 5.0)[0] == (96, 16)
     assert len(calls) == 1
-    # The real measurement, on a tiny model.
+    # The real measurement, on a tiny model, with the run's loss.
     assert measure_step_rate(32, 4, 2, False) > 0
+    assert measure_step_rate(32, 4, 2, False, loss="ce_lovasz", steps=1) > 0
+
+
+@pytest.mark.parametrize(
+    "precision, bf16_units, expected",
+    [
+        ("auto", True, ("mixed_bfloat16", "CPU_BF16_DEFAULTS")),
+        ("auto", False, ("float32", "CPU_DEFAULTS")),
+        # float32 asked for on a CPU with bf16 units: the float32 default's speed.
+        ("float32", True, ("float32", "CPU_DEFAULTS")),
+        # bf16 without the units is no faster: the float32 default's size.
+        ("mixed_bfloat16", False, ("mixed_bfloat16", "CPU_DEFAULTS")),
+    ],
+)
+def test_cpu_defaults_follow_the_precision(monkeypatch, precision, bf16_units, expected):
+    import training
+
+    monkeypatch.setattr(training, "cpu_has_bf16_matmul", lambda: bf16_units)
+    cfg, policy, reasons = training.resolve_config(training.TrainConfig(precision=precision), on_gpu=False)
+    defaults = getattr(training, expected[1])
+    assert policy == expected[0]
+    assert (cfg.image_size, cfg.base_filters, cfg.batch_size) == tuple(
+        defaults[k] for k in ("image_size", "base_filters", "batch_size")
+    )
+    assert any(r.startswith(f"base_filters = {defaults['base_filters']} (CPU") for r in reasons)
+    # What is given on the command line stays.
+    cfg, _, _ = training.resolve_config(
+        training.TrainConfig(precision=precision, base_filters=8), on_gpu=False
+    )
+    assert cfg.base_filters == 8
 
 
 @pytest.mark.parametrize(
@@ -410,7 +445,10 @@ def test_autosize_on_sizes_the_run(tiny_data, tmp_path, monkeypatch, capsys, rat
     import training
 
     monkeypatch.setattr(training, "AUTOSIZE_LADDER", ((32, 4), (32, 8), (64, 8)))
-    monkeypatch.setattr(training, "measure_step_rate", lambda s, f, b, j: rates[(s, f)])
+    losses_timed = []
+    monkeypatch.setattr(
+        training, "measure_step_rate", lambda s, f, b, j, loss: losses_timed.append(loss) or rates[(s, f)]
+    )
     out_dir = tmp_path / "out"
     cfg = training.TrainConfig(
         data_dir=str(tiny_data),
@@ -430,3 +468,5 @@ def test_autosize_on_sizes_the_run(tiny_data, tmp_path, monkeypatch, capsys, rat
     assert f"base_filters = {chosen[1]} (--autosize on: the largest size" in printed
     assert "Best validation mean IoU" in printed
     assert keras.models.load_model(out_dir / "unet_model.keras").input_shape == (None, 32, 32, 3)
+    # Each size is timed with the run's own loss.
+    assert losses_timed == [cfg.loss] * len(rates)
