@@ -64,8 +64,9 @@ DEPTH = 4  # down-sampling levels of the UNet
 # did worse again).
 CPU_DEFAULTS = {"image_size": 96, "base_filters": 16, "batch_size": 8}
 # A CPU with bf16 matrix units (AMX) running mixed_bfloat16 (what `auto`
-# picks there) trains the 96x96 UNet about twice as fast: 24 filters fit the
-# same 30 minutes there (README, Measured).
+# picks there) trains the UNet 1.2-1.9x as fast as float32 with XLA
+# (BENCHMARKS.md, machine B): 10 epochs at 96x96 with 24 filters took
+# 22.9-25.1 min on 2 such cores (README, Measured).
 CPU_BF16_DEFAULTS = {"image_size": 96, "base_filters": 24, "batch_size": 8}
 GPU_DEFAULTS = {"image_size": 256, "base_filters": 64, "batch_size": 16}
 
