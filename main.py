@@ -99,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and brightness/contrast/saturation jitter (photo only); none",
     )
     p.add_argument(
+        "--tta",
+        type=str,
+        default="flip",
+        choices=["none", "flip"],
+        help="test-time augmentation built into the saved model: flip averages in the scores of the mirrored "
+        "photo (twice the prediction cost); none",
+    )
+    p.add_argument(
         "--no-augment", dest="augment", action="store_const", const="none", help="the same as --augment none"
     )
     p.add_argument(

@@ -289,7 +289,25 @@ def area_matrix(source_size: int, size: int):
     return a.astype(np.float32)
 
 
-def at_source_size(core: keras.Model, source_size: int, name: str | None = None) -> keras.Model:
+def _frozen_axis_map(matrix, name: str):
+    """A frozen float32 `Dense` that maps the last axis by `matrix` `(in, out)`."""
+    return keras.layers.Dense(
+        matrix.shape[1],
+        use_bias=False,
+        trainable=False,
+        kernel_initializer=keras.initializers.Constant(matrix),
+        # float32 under every policy: the resize must match the pipeline's.
+        dtype="float32",
+        name=name,
+    )
+
+
+def at_source_size(
+    core: keras.Model,
+    source_size: int,
+    name: str | None = None,
+    flip: bool = False,
+) -> keras.Model:
     """Wrap a model so that it takes and returns images at the data's size.
 
     The photo (raw RGB, `(batch, source_size, source_size, 3)`) is area
@@ -302,54 +320,69 @@ def at_source_size(core: keras.Model, source_size: int, name: str | None = None)
     default, lost 0.013 mean IoU against area on the CPU default model), and
     its output lines up with the full-size labels.
 
+    With `flip`, the core also sees the mirrored photo, and its scores,
+    mirrored back, are averaged with the plain ones (test-time
+    augmentation: twice the prediction cost, for +0.004 mean IoU and
+    +0.0025 pixel accuracy on the CPU default model; README, Measured).
+
     The area resize is two frozen `Dense` layers holding `area_matrix` (one
-    per axis, between `Permute`s): exact, a few small matrix products, and
-    only Keras' own layers, so the model loads without this project, on
-    every backend, and exports.
+    per axis, between `Permute`s); the mirror is the same resize with the
+    columns of the width matrix reversed, and the scores are mirrored back
+    by a frozen `Dense` holding the reversed identity. Exact, a few small
+    matrix products, and only Keras' own layers, so the model loads without
+    this project, on every backend, and exports.
 
     Args:
         core: Model `(batch, S, S, 3)` -> `(batch, S, S, C)` probabilities.
         source_size: Side of the photos and labels of the data.
         name: Model name; the core's name with `_at_<source_size>` by default.
+        flip: Average in the scores of the horizontally mirrored photo.
 
     Returns:
         A `keras.Model` `(batch, source_size, source_size, 3)` ->
         `(batch, source_size, source_size, C)`, float32, sharing the core's
         weights; an uncompiled view of the core itself when `source_size`
-        is its input size.
+        is its input size and `flip` is off.
     """
+    import numpy as np
+
     size = int(core.input_shape[1])
-    if source_size == size:
+    if source_size == size and not flip:
         # An uncompiled view: the saved file then carries no loss, and loads
         # without this project whatever `--loss` trained it.
         return keras.Model(core.input, core.output, name=name or core.name)
-    kernel = keras.initializers.Constant(area_matrix(source_size, size).T)  # (source, size)
-
-    def area(axis: str):
-        # float32 under every policy: the resize must match the pipeline's.
-        return keras.layers.Dense(
-            size,
-            use_bias=False,
-            trainable=False,
-            kernel_initializer=kernel,
-            dtype="float32",
-            name=f"photo_area_{axis}",
-        )
-
+    area = area_matrix(source_size, size).T  # (source, size)
     inputs = keras.Input((source_size, source_size, 3), name="photo")
-    x = keras.layers.Permute((3, 1, 2), name="photo_to_chw")(inputs)  # (B, 3, H, W)
-    x = area("w")(x)  # (B, 3, H, S)
-    x = keras.layers.Permute((1, 3, 2), name="photo_swap_hw")(x)  # (B, 3, S, H)
-    x = area("h")(x)  # (B, 3, S(w), S(h))
-    x = keras.layers.Permute((3, 2, 1), name="photo_to_hwc")(x)  # (B, S, S, 3)
     # A fresh Model over the core's graph: the same layers and weights,
     # without the core's compile state, which would be saved with a nested
     # model and then need a custom loss to load even with compile=False.
-    probs = keras.Model(core.input, core.output, name=core.name)(x)
-    outputs = keras.layers.Resizing(
-        source_size, source_size, interpolation="bilinear", dtype="float32", name="scores_resize"
-    )(probs)
-    return keras.Model(inputs, outputs, name=name or f"{core.name}_at_{source_size}")
+    view = keras.Model(core.input, core.output, name=core.name)
+    chw = keras.layers.Permute((3, 1, 2), name="photo_to_chw")(inputs)  # (B, 3, H, W)
+    area_h = _frozen_axis_map(area, "photo_area_h")
+    scores = []
+    for mirrored in (False, True) if flip else (False,):
+        tag = "_flip" if mirrored else ""
+        if source_size == size and not mirrored:
+            x = inputs
+        else:
+            # Reversed columns: the resize and the mirror in one product.
+            area_w = _frozen_axis_map(area[:, ::-1] if mirrored else area, f"photo_area_w{tag}")
+            x = area_w(chw)  # (B, 3, H, S)
+            x = keras.layers.Permute((1, 3, 2), name=f"photo_swap_hw{tag}")(x)  # (B, 3, S, H)
+            x = area_h(x)  # (B, 3, S(w), S(h))
+            x = keras.layers.Permute((3, 2, 1), name=f"photo_to_hwc{tag}")(x)  # (B, S, S, 3)
+        probs = view(x)
+        if mirrored:
+            probs = keras.layers.Permute((1, 3, 2), name="scores_to_hcw")(probs)  # (B, S, C, S)
+            probs = _frozen_axis_map(np.eye(size, dtype=np.float32)[::-1], "scores_unflip")(probs)
+            probs = keras.layers.Permute((1, 3, 2), name="scores_to_hwc")(probs)  # (B, S, S, C)
+        scores.append(probs)
+    probs = keras.layers.Average(dtype="float32", name="scores_mean")(scores) if flip else scores[0]
+    if source_size != size:
+        probs = keras.layers.Resizing(
+            source_size, source_size, interpolation="bilinear", dtype="float32", name="scores_resize"
+        )(probs)
+    return keras.Model(inputs, probs, name=name or f"{core.name}_at_{source_size}")
 
 
 def _float32_policies(config):

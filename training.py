@@ -45,6 +45,7 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("auto", "none")
 SCHEDULES = ("cosine", "constant", "plateau")
 LOSSES = ("ce", "ce_dice", "ce_lovasz", "focal")
+TTAS = ("none", "flip")
 XLA_MODES = ("auto", "on", "off")
 ENCODERS = ("unet", "resnet50", "efficientnetb0")
 DEPTH = 4  # down-sampling levels of the UNet
@@ -110,6 +111,7 @@ class TrainConfig:
     seed: int = 42
     precision: str = "auto"
     augment: str = "flip"
+    tta: str = "flip"
     class_weights: str = "auto"
     loss: str = "ce_lovasz"
     xla: str = "auto"
@@ -373,6 +375,7 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.schedule in SCHEDULES, "--schedule", cfg.schedule, f"must be one of {', '.join(SCHEDULES)}"),
         (cfg.loss in LOSSES, "--loss", cfg.loss, f"must be one of {', '.join(LOSSES)}"),
         (cfg.augment in uf.AUGMENTS, "--augment", cfg.augment, f"must be one of {', '.join(uf.AUGMENTS)}"),
+        (cfg.tta in TTAS, "--tta", cfg.tta, f"must be one of {', '.join(TTAS)}"),
         (cfg.encoder in ENCODERS, "--encoder", cfg.encoder, f"must be one of {', '.join(ENCODERS)}"),
         (
             cfg.encoder_weights in ("imagenet", "none"),
@@ -1009,6 +1012,10 @@ def run_training(
         )
     )
     print(
+        f"  tta = {cfg.tta}"
+        + (" (the saved model averages in the scores of the mirrored photo)" if cfg.tta == "flip" else "")
+    )
+    print(
         f"Data: {data.n_train} training samples, {data.n_val} validation samples ({data.val_source}); "
         f"{'tf.data' if data.pipeline == 'tf' else 'NumPy'} pipeline"
     )
@@ -1109,7 +1116,9 @@ def run_training(
     # size the wrapper, else a plain view, so no custom loss is saved. It
     # computes in float32 whatever the training precision (`float32_copy`):
     # the file runs at full speed on any CPU and agrees with its exports.
-    to_save = lambda m: float32_copy(at_source_size(m, saved_size))  # noqa: E731
+    # With `--tta flip` it also averages in the mirrored photo's scores.
+    flip = cfg.tta == "flip"
+    to_save = lambda m: float32_copy(at_source_size(m, saved_size, flip=flip))  # noqa: E731
     checkpoint = BestModelCheckpoint(model_path, to_save=to_save)
     history = HistoryCSV(out("history.csv"))
     non_finite = StopOnNonFinite()

@@ -51,6 +51,9 @@ def test_evaluate_end_to_end_matches_training_metrics(tiny_data, tmp_path):
         # very figures it gives (a bf16 run's differ in the last digits).
         "--precision",
         "float32",
+        # Training's validation runs the network alone: so must the saved model.
+        "--tta",
+        "none",
     )
     assert r.returncode == 0, r.stderr[-3000:]
     r = run_main("evaluate", "--model", out / "unet_model.keras")

@@ -104,9 +104,11 @@ def test_export_saved_model(model_dir, tmp_path):
     np.testing.assert_allclose(loaded.serve(x).numpy(), want, atol=1e-4)
 
 
-def test_export_openvino_of_a_model_at_source_size(tmp_path):
+@pytest.mark.parametrize("flip", [False, True])
+def test_export_openvino_of_a_model_at_source_size(tmp_path, flip):
     # The saved model of a run below the data's size: area resize in,
-    # bilinear scores out (segmentation_model.at_source_size).
+    # bilinear scores out (segmentation_model.at_source_size); with the
+    # mirrored photo's scores averaged in, as `--tta flip` saves it.
     from model_export import run_export
     from segmentation_model import at_source_size
 
@@ -115,6 +117,6 @@ def test_export_openvino_of_a_model_at_source_size(tmp_path):
     head = core.get_layer("head_conv")
     kernel, bias = head.get_weights()
     head.set_weights([kernel * 30, bias])
-    at_source_size(core, 24).save(tmp_path / "unet_model.keras")  # 24 -> 16: up 2, pool 3
+    at_source_size(core, 24, flip=flip).save(tmp_path / "unet_model.keras")  # 24 -> 16: up 2, pool 3
     result = run_export(str(tmp_path / "unet_model.keras"))
     assert result["agreement"] >= 0.995

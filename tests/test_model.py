@@ -163,6 +163,31 @@ def test_at_source_size_resizes_like_the_pipeline(source, size):
     assert not model.get_layer("photo_area_h").trainable
 
 
+@pytest.mark.parametrize("source, size", [(256, 96), (24, 16), (32, 32)])
+def test_at_source_size_with_flip_averages_the_mirrored_scores(source, size):
+    tf = pytest.importorskip("tensorflow")
+    from segmentation_model import at_source_size
+
+    core = build_unet(size, widths=(4, 8))
+    rng = np.random.default_rng(source + size)
+    for w in core.weights:  # the head starts at zero: scores would not vary
+        low, high = (0.5, 1.5) if "moving_variance" in w.path else (-0.5, 0.5)
+        w.assign(rng.uniform(low, high, w.shape).astype("float32"))
+    model = at_source_size(core, source, flip=True)
+    assert model.input_shape == (None, source, source, 3) and model.output_shape == (None, source, source, 19)
+    x = rng.integers(0, 256, (2, source, source, 3)).astype("float32")
+    area = tf.image.resize(x, (size, size), method="area").numpy()
+    plain = core(area).numpy()
+    mirrored = core(area[:, :, ::-1]).numpy()[:, :, ::-1]
+    want = tf.image.resize((plain + mirrored) / 2, (source, source), method="bilinear").numpy()
+    unflipped = tf.image.resize(plain, (source, source), method="bilinear").numpy()
+    # Far closer to the average than the plain scores are: the flip is seen.
+    err = np.abs(model(x).numpy() - want).max()
+    assert err < 0.05 * np.abs(unflipped - want).max(), err
+    # The core's weights only, shared (frozen resize and mirror matrices aside).
+    assert len(model.trainable_weights) == len(core.trainable_weights)
+
+
 def test_at_source_size_of_a_model_at_that_size_is_an_uncompiled_view():
     from segmentation_model import at_source_size
 

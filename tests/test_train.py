@@ -76,15 +76,22 @@ def test_save_load_in_fresh_process_without_project(tmp_path, loss):
     # What the run's checkpoint writes (an uncompiled view: no custom loss in
     # the file), and, for the built-in loss, the compiled training model.
     at_source_size(model, 32).save(tmp_path / "m.keras")
+    flip = at_source_size(model, 48, flip=True)  # what `--tta flip` saves: resize and mirror inside
+    flip.save(tmp_path / "flip.keras")
     model.save(tmp_path / "compiled.keras")
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", model.predict(x, verbose=0))
+    x48 = np.random.default_rng(1).integers(0, 256, (2, 48, 48, 3)).astype("float32")
+    np.save(tmp_path / "x48.npy", x48)
+    np.save(tmp_path / "y48.npy", flip.predict(x48, verbose=0))
     script = (
         "import sys, numpy as np, keras\n"
         "assert not any(p.endswith('main') for p in sys.path if p)\n"
         "m = keras.models.load_model('m.keras')\n"  # plain load_model, compile=True
         "y = m.predict(np.load('x.npy'), verbose=0)\n"
         "np.testing.assert_allclose(y, np.load('y.npy'), atol=1e-5)\n"
+        "f = keras.models.load_model('flip.keras', compile=False)\n"
+        "np.testing.assert_allclose(f.predict(np.load('x48.npy'), verbose=0), np.load('y48.npy'), atol=1e-5)\n"
         "if sys.argv[1] == 'ce':\n"
         "    c = keras.models.load_model('compiled.keras')\n"  # compile=True: loss and metrics too
         "    np.testing.assert_allclose(c.predict(np.load('x.npy'), verbose=0), np.load('y.npy'), atol=1e-5)\n"
@@ -213,15 +220,17 @@ def _check_saved_at_data_size(r, out, tmp_path):
     assert "(None, 32, 32, 3) (None, 32, 32, 19)" in r.stdout
     y = np.load(tmp_path / "y.npy")
 
-    # The same as the trained core on the pipeline's area resize, its scores
-    # resized bilinearly.
+    # The same as the trained core on the pipeline's area resize, averaged
+    # with its scores of the mirrored photo mirrored back (`--tta flip`, the
+    # default), resized bilinearly.
     import tensorflow as tf
 
     saved = keras.models.load_model(out / "unet_model.keras", compile=False)
     core = next(layer for layer in saved.layers if isinstance(layer, keras.Model))
     assert core.input_shape == (None, 16, 16, 3)
     small = tf.image.resize(x, (16, 16), method="area").numpy()
-    want = tf.image.resize(core.predict(small, verbose=0), (32, 32), method="bilinear").numpy()
+    both = (core.predict(small, verbose=0) + core.predict(small[:, :, ::-1], verbose=0)[:, :, ::-1]) / 2
+    want = tf.image.resize(both, (32, 32), method="bilinear").numpy()
     np.testing.assert_allclose(y, want, atol=1e-4)
     np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-4)
 
