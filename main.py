@@ -93,10 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--augment",
         type=str,
-        default="flip",
+        default=None,
         choices=["none", "flip", "full"],
         help="training augmentation: flip (random horizontal flip); full: flip, random zoom (1-1.5x) and crop, "
-        "and brightness/contrast/saturation jitter (photo only); none",
+        "and brightness/contrast/saturation jitter (photo only); none. Unset: flip on a GPU, none for the "
+        "10-epoch CPU defaults (which underfit)",
     )
     p.add_argument(
         "--tta",

@@ -436,11 +436,18 @@ def test_cpu_defaults_follow_the_precision(monkeypatch, precision, bf16_units, e
         defaults[k] for k in ("image_size", "base_filters", "batch_size")
     )
     assert any(r.startswith(f"base_filters = {defaults['base_filters']} (CPU") for r in reasons)
+    # The short CPU runs underfit: no flip unless asked for.
+    assert cfg.augment == "none" and any(r.startswith("augment = none (CPU") for r in reasons)
     # What is given on the command line stays.
     cfg, _, _ = training.resolve_config(
-        training.TrainConfig(precision=precision, base_filters=8), on_gpu=False
+        training.TrainConfig(precision=precision, base_filters=8, augment="flip"), on_gpu=False
     )
-    assert cfg.base_filters == 8
+    assert cfg.base_filters == 8 and cfg.augment == "flip"
+    # A GPU's longer runs keep the flip.
+    assert (
+        training.resolve_config(training.TrainConfig(precision="mixed_float16"), on_gpu=True)[0].augment
+        == "flip"
+    )
 
 
 @pytest.mark.parametrize(
