@@ -75,10 +75,10 @@ class RunData:
         pipeline: `tf` or `numpy`.
         class_frequencies: Returns the share of labelled pixels per class
             in the training split, float64 `(19,)`.
-        samples: `samples(count, spread)` returns `(names, photos, ids)`
-            for `count` validation samples: uint8 `(K, S, S, 3)` and
-            `(K, S, S)`; spread evenly over the split when `spread`, else
-            the first ones.
+        samples: `samples(count, spread, size=None)` returns `(names,
+            photos, ids)` for `count` validation samples: uint8 `(K, S, S,
+            3)` and `(K, S, S)`, S the run's image size or `size`; spread
+            evenly over the split when `spread`, else the first ones.
         source_size: Side of the square photo and label halves of the pair
             files (of the first training file), or None when they are not
             square (or the data are not pairs).
@@ -91,7 +91,7 @@ class RunData:
     val_source: str
     pipeline: str
     class_frequencies: Callable[[], np.ndarray]
-    samples: Callable[[int, bool], tuple[list[str], np.ndarray, np.ndarray]]
+    samples: Callable[..., tuple[list[str], np.ndarray, np.ndarray]]
     source_size: int | None = None
 
 
@@ -148,10 +148,11 @@ def from_pairs(
         train = PairDataset(train_files, image_size, batch_size, True, seed, augment, pad_to=pad_to)
         val = PairDataset(val_files, image_size, batch_size, False, pad_to=pad_to)
 
-        def samples(count: int, spread: bool = True):
+        def samples(count: int, spread: bool = True, size: int | None = None):
+            size = size or image_size
             picks = _picks(len(val.files), count, spread)
-            decoded = [decode_pair_np(val.files[i], image_size) for i in picks]
-            return _stacked([os.path.basename(val.files[i]) for i in picks], decoded, image_size)
+            decoded = [decode_pair_np(val.files[i], size) for i in picks]
+            return _stacked([os.path.basename(val.files[i]) for i in picks], decoded, size)
 
         return RunData(
             train,
@@ -171,12 +172,11 @@ def from_pairs(
 
     decoded = decoded_dataset(train_files, image_size)
 
-    def samples(count: int, spread: bool = True):  # noqa: F811 - one per pipeline
+    def samples(count: int, spread: bool = True, size: int | None = None):  # noqa: F811 - one per pipeline
+        size = size or image_size
         picks = _picks(len(val_files), count, spread)
-        decoded_val = [
-            tuple(t.numpy() for t in decode_pair(tf.constant(val_files[i]), image_size)) for i in picks
-        ]
-        return _stacked([os.path.basename(val_files[i]) for i in picks], decoded_val, image_size)
+        decoded_val = [tuple(t.numpy() for t in decode_pair(tf.constant(val_files[i]), size)) for i in picks]
+        return _stacked([os.path.basename(val_files[i]) for i in picks], decoded_val, size)
 
     return RunData(
         make_dataset(decoded, image_size, batch_size, True, seed, augment, pad_to=pad_to),
@@ -236,13 +236,12 @@ def from_tfds(
         splits[split] = (decoded, n)
     (train_dec, n_train), (val_dec, n_val) = splits["train"], splits["validation"]
 
-    def samples(count: int, spread: bool = True):
+    def samples(count: int, spread: bool = True, size: int | None = None):
         # The first ones: reaching samples spread over the split would
         # decode every full-resolution example before them.
-        pairs = (
-            sample_pairs("validation", image_size, min(count, n_val), data_dir, manual_dir) if count else []
-        )
-        return _stacked([f"validation #{i + 1}" for i in range(len(pairs))], pairs, image_size)
+        size = size or image_size
+        pairs = sample_pairs("validation", size, min(count, n_val), data_dir, manual_dir) if count else []
+        return _stacked([f"validation #{i + 1}" for i in range(len(pairs))], pairs, size)
 
     return RunData(
         make_dataset(train_dec, image_size, batch_size, True, seed, augment, pad_to=pad_to),

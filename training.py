@@ -820,7 +820,8 @@ def write_prediction_panels(
     Args:
         model: Trained model.
         samples: `(names, photos, ids)`: uint8 photos `(K, S, S, 3)` at the
-            model's input size and their ids `(K, S, S)` (see `RunData.samples`).
+            model's input size and their ids `(K, S, S)` at its output size
+            (see `RunData.samples`).
         output_dir: Folder for `pred_1.png` ... `pred_K.png`.
         pad_to: Pad prediction batches to a multiple of this (JAX replicas).
 
@@ -1185,10 +1186,12 @@ def run_training(
 
     panels = []
     if checkpoint.best_epoch is not None and cfg.num_preds:
+        # The saved model itself, on photos and labels at the data's size:
+        # the pictures show what a user of the file gets (flip averaging
+        # included), not the network at its training size.
         best = keras.models.load_model(model_path)
-        if saved_size != cfg.image_size:  # the trained core, at the samples' size
-            best = next(layer for layer in best.layers if isinstance(layer, keras.Model))
-        panels = write_prediction_panels(best, data.samples(cfg.num_preds, False), cfg.output_dir, pad_to)
+        samples = data.samples(cfg.num_preds, False, saved_size)
+        panels = write_prediction_panels(best, samples, cfg.output_dir, pad_to)
 
     elapsed = time.perf_counter() - t_start
     if scratch:
@@ -1224,7 +1227,10 @@ def run_training(
     for p in curves:
         print(f"  {os.path.basename(p):18s} curve, train and validation")
     if panels:
-        print(f"  {f'pred_1..{len(panels)}.png':18s} photo | ground truth | prediction")
+        print(
+            f"  {f'pred_1..{len(panels)}.png':18s} photo | ground truth | prediction of the saved model, "
+            f"at {saved_size}x{saved_size}"
+        )
     if cfg.progress_every:
         print(
             f"  {'progress/':18s} validation samples before training and every {cfg.progress_every} epoch(s)"

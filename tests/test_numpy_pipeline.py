@@ -269,3 +269,24 @@ print("ok", keras.backend.backend())
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split()[-2:] == ["ok", "jax"]
+
+
+@pytest.mark.parametrize("pipeline", ["numpy", "tf"])
+def test_run_samples_at_the_run_size_or_the_data_size(tmp_path, pipeline):
+    """The progress pictures take samples at the network's size; the final
+    panels, drawn by the saved model, at the data's own size."""
+    if pipeline == "tf":
+        pytest.importorskip("tensorflow")
+    from data_source import from_pairs
+
+    files = write_pairs(tmp_path, 6, size=32)
+    data = from_pairs(files[:4], files[4:], "test", 16, 2, 0, "none", pipeline)
+    assert data.source_size == 32
+    names, photos, ids = data.samples(2, False)
+    assert names == ["5.jpg", "6.jpg"] and photos.shape == (2, 16, 16, 3) and ids.shape == (2, 16, 16)
+    names, photos, ids = data.samples(2, False, data.source_size)
+    assert photos.shape == (2, 32, 32, 3) and ids.shape == (2, 32, 32)
+    # At the data's size: the left half as it is, the labels decoded at full size.
+    photo, full_ids = decode_pair_np(files[4], 32)
+    np.testing.assert_array_equal(ids[0], full_ids)
+    assert np.abs(photos[0].astype(int) - photo).max() <= 1  # JPEG decoders may differ by 1
