@@ -302,11 +302,90 @@ def _frozen_axis_map(matrix, name: str):
     )
 
 
+def any_size_copy(core: keras.Model) -> keras.Model:
+    """A copy of a functional model whose inputs take any height and width.
+
+    Convolutions, pooling and up-sampling do not depend on the image size,
+    so the same weights run at several sizes (test-time augmentation over
+    scales). Every input layer, nested models' too, gets `None` for its
+    height and width; the weights are copied.
+
+    Args:
+        core: A functional `keras.Model` of Keras' own layers, `(batch, S, S,
+            3)` -> `(batch, S, S, C)`.
+
+    Returns:
+        A new `keras.Model` `(batch, None, None, 3)` -> `(batch, None, None,
+        C)` with the same layer names and weights.
+    """
+
+    def free(config):
+        if isinstance(config, dict):
+            inner = config.get("config")
+            if (
+                config.get("class_name") == "InputLayer"
+                and isinstance(inner, dict)
+                and inner.get("batch_shape")
+            ):
+                shape = list(inner["batch_shape"])
+                return {**config, "config": {**inner, "batch_shape": [shape[0], None, None, *shape[3:]]}}
+            return {k: free(v) for k, v in config.items()}
+        if isinstance(config, list):
+            return [free(v) for v in config]
+        return config
+
+    copy = core.__class__.from_config(free(core.get_config()))
+    copy.set_weights(core.get_weights())
+    return copy
+
+
+def with_logit_bias(core: keras.Model, bias) -> keras.Model:
+    """A copy of a model with `bias` added to the scores before its softmax.
+
+    The bias goes into the head convolution's own bias (`head_conv`), so the
+    copy has the same layers as the model, and loads without this project.
+    Training with class weights multiplies each class's odds by about its
+    weight; a bias of `-alpha * log(weights)` divides part of that back out
+    (logit adjustment, Menon et al., 2021).
+
+    Args:
+        core: A model ending in `head_conv` (a `Conv2D` with bias) and a softmax.
+        bias: `(C,)` values added to the logits of the C classes.
+
+    Returns:
+        A new `keras.Model`, the same as `core` but for `head_conv`'s bias.
+    """
+    import numpy as np
+
+    copy = core.__class__.from_config(core.get_config())
+    copy.set_weights(core.get_weights())
+    head = copy.get_layer("head_conv")
+    head.bias.assign(np.asarray(head.bias.numpy(), np.float32) + np.asarray(bias, np.float32))
+    return copy
+
+
+def tta_sizes(size: int, scales: int, step: int = 16) -> tuple[int, ...]:
+    """Input sizes for test-time augmentation over scales.
+
+    Args:
+        size: The training size.
+        scales: How many sizes: 1 for `size` alone, 2 adds one about a sixth
+            larger (112 for 96), rounded up to a multiple of `step`.
+        step: The network's total down-sampling factor.
+
+    Returns:
+        The sizes, the training size first.
+    """
+    extra = [-(-round(size * (1 + k / 6)) // step) * step for k in range(1, scales)]
+    return (size, *extra)
+
+
 def at_source_size(
     core: keras.Model,
     source_size: int,
     name: str | None = None,
     flip: bool = False,
+    sizes: Sequence[int] | None = None,
 ) -> keras.Model:
     """Wrap a model so that it takes and returns images at the data's size.
 
@@ -324,6 +403,9 @@ def at_source_size(
     mirrored back, are averaged with the plain ones (test-time
     augmentation: twice the prediction cost, for +0.004 mean IoU and
     +0.0025 pixel accuracy on the CPU default model; README, Measured).
+    With more than one of `sizes`, the core also runs at the others (the
+    photo area-resized to each) and their scores, each resized to
+    `source_size`, are averaged in (test-time augmentation over scales).
 
     The area resize is two frozen `Dense` layers holding `area_matrix` (one
     per axis, between `Permute`s); the mirror is the same resize with the
@@ -333,56 +415,100 @@ def at_source_size(
     this project, on every backend, and exports.
 
     Args:
-        core: Model `(batch, S, S, 3)` -> `(batch, S, S, C)` probabilities.
+        core: Model `(batch, S, S, 3)` -> `(batch, S, S, C)` probabilities;
+            with several `sizes`, one that takes any size (`any_size_copy`).
         source_size: Side of the photos and labels of the data.
         name: Model name; the core's name with `_at_<source_size>` by default.
         flip: Average in the scores of the horizontally mirrored photo.
+        sizes: Sizes to run the core at, its training size first; that
+            size alone when None.
 
     Returns:
         A `keras.Model` `(batch, source_size, source_size, 3)` ->
         `(batch, source_size, source_size, C)`, float32, sharing the core's
         weights; an uncompiled view of the core itself when `source_size`
-        is its input size and `flip` is off.
+        is its input size, `flip` is off and there is one size.
     """
     import numpy as np
 
-    size = int(core.input_shape[1])
-    if source_size == size and not flip:
+    shape = core.input_shape
+    sizes = tuple(sizes) if sizes else (int(shape[1]),)
+    size = sizes[0]
+    if source_size == size and not flip and len(sizes) == 1:
         # An uncompiled view: the saved file then carries no loss, and loads
         # without this project whatever `--loss` trained it.
         return keras.Model(core.input, core.output, name=name or core.name)
-    area = area_matrix(source_size, size).T  # (source, size)
     inputs = keras.Input((source_size, source_size, 3), name="photo")
     # A fresh Model over the core's graph: the same layers and weights,
     # without the core's compile state, which would be saved with a nested
     # model and then need a custom loss to load even with compile=False.
     view = keras.Model(core.input, core.output, name=core.name)
     chw = keras.layers.Permute((3, 1, 2), name="photo_to_chw")(inputs)  # (B, 3, H, W)
-    area_h = _frozen_axis_map(area, "photo_area_h")
-    scores = []
-    for mirrored in (False, True) if flip else (False,):
-        tag = "_flip" if mirrored else ""
-        if source_size == size and not mirrored:
-            x = inputs
-        else:
-            # Reversed columns: the resize and the mirror in one product.
-            area_w = _frozen_axis_map(area[:, ::-1] if mirrored else area, f"photo_area_w{tag}")
-            x = area_w(chw)  # (B, 3, H, S)
-            x = keras.layers.Permute((1, 3, 2), name=f"photo_swap_hw{tag}")(x)  # (B, 3, S, H)
-            x = area_h(x)  # (B, 3, S(w), S(h))
-            x = keras.layers.Permute((3, 2, 1), name=f"photo_to_hwc{tag}")(x)  # (B, S, S, 3)
-        probs = view(x)
-        if mirrored:
-            probs = keras.layers.Permute((1, 3, 2), name="scores_to_hcw")(probs)  # (B, S, C, S)
-            probs = _frozen_axis_map(np.eye(size, dtype=np.float32)[::-1], "scores_unflip")(probs)
-            probs = keras.layers.Permute((1, 3, 2), name="scores_to_hwc")(probs)  # (B, S, S, C)
-        scores.append(probs)
-    probs = keras.layers.Average(dtype="float32", name="scores_mean")(scores) if flip else scores[0]
-    if source_size != size:
-        probs = keras.layers.Resizing(
-            source_size, source_size, interpolation="bilinear", dtype="float32", name="scores_resize"
-        )(probs)
+    per_size = []
+    for k, s in enumerate(sizes):
+        # The first size keeps the names a one-size model has always had.
+        at = "" if k == 0 else f"_{s}"
+        area = area_matrix(source_size, s).T  # (source, s)
+        area_h = _frozen_axis_map(area, f"photo_area_h{at}")
+        scores = []
+        for mirrored in (False, True) if flip else (False,):
+            tag = ("_flip" if mirrored else "") + at
+            if source_size == s and not mirrored:
+                x = inputs
+            else:
+                # Reversed columns: the resize and the mirror in one product.
+                area_w = _frozen_axis_map(area[:, ::-1] if mirrored else area, f"photo_area_w{tag}")
+                x = area_w(chw)  # (B, 3, H, s)
+                x = keras.layers.Permute((1, 3, 2), name=f"photo_swap_hw{tag}")(x)  # (B, 3, s, H)
+                x = area_h(x)  # (B, 3, s(w), s(h))
+                x = keras.layers.Permute((3, 2, 1), name=f"photo_to_hwc{tag}")(x)  # (B, s, s, 3)
+            probs = view(x)
+            if mirrored:
+                probs = keras.layers.Permute((1, 3, 2), name=f"scores_to_hcw{at}")(probs)  # (B, s, C, s)
+                probs = _frozen_axis_map(np.eye(s, dtype=np.float32)[::-1], f"scores_unflip{at}")(probs)
+                probs = keras.layers.Permute((1, 3, 2), name=f"scores_to_hwc{at}")(probs)  # (B, s, s, C)
+            scores.append(probs)
+        probs = keras.layers.Average(dtype="float32", name=f"scores_mean{at}")(scores) if flip else scores[0]
+        if source_size != s:
+            probs = keras.layers.Resizing(
+                source_size, source_size, interpolation="bilinear", dtype="float32", name=f"scores_resize{at}"
+            )(probs)
+        per_size.append(probs)
+    if len(per_size) > 1:
+        probs = keras.layers.Average(dtype="float32", name="scores_mean_sizes")(per_size)
     return keras.Model(inputs, probs, name=name or f"{core.name}_at_{source_size}")
+
+
+def inference_model(
+    core: keras.Model,
+    source_size: int,
+    flip: bool = False,
+    sizes: Sequence[int] | None = None,
+    logit_bias=None,
+) -> keras.Model:
+    """The model a run saves: the trained core, wrapped for use.
+
+    A float32 copy (`float32_copy`) of `at_source_size` over the core, with
+    `logit_bias` folded into its head (`with_logit_bias`) and, for several
+    `sizes`, a core that takes any size (`any_size_copy`). The training
+    model itself is left as it is.
+
+    Args:
+        core: The trained model, `(batch, S, S, 3)` -> `(batch, S, S, C)`.
+        source_size: Side of the data's photos and labels.
+        flip: Average in the scores of the mirrored photo.
+        sizes: Sizes to run the core at, S first; S alone when None.
+        logit_bias: `(C,)` values added to the core's logits, or None.
+
+    Returns:
+        An uncompiled `keras.Model` `(batch, source_size, source_size, 3)` ->
+        `(batch, source_size, source_size, C)`.
+    """
+    if sizes and len(sizes) > 1:
+        core = any_size_copy(core)
+    if logit_bias is not None:
+        core = with_logit_bias(core, logit_bias)
+    return float32_copy(at_source_size(core, source_size, flip=flip, sizes=sizes))
 
 
 def _float32_policies(config):

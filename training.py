@@ -33,10 +33,10 @@ from callbacks import (
 from distribute import DISTRIBUTE
 from model_arch import get_model_arch
 from segmentation_model import (
-    at_source_size,
     build_encoder_unet,
     build_unet,
-    float32_copy,
+    inference_model,
+    tta_sizes,
     widths_from_base,
 )
 
@@ -45,7 +45,7 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("auto", "none")
 SCHEDULES = ("cosine", "constant", "plateau")
 LOSSES = ("ce", "ce_dice", "ce_lovasz", "focal")
-TTAS = ("none", "flip")
+TTAS = ("none", "flip", "scales")
 XLA_MODES = ("auto", "on", "off")
 ENCODERS = ("unet", "resnet50", "efficientnetb0")
 DEPTH = 4  # down-sampling levels of the UNet
@@ -117,7 +117,8 @@ class TrainConfig:
     seed: int = 42
     precision: str = "auto"
     augment: str | None = None
-    tta: str = "flip"
+    tta: str = "scales"
+    logit_adjust: float = 0.25
     class_weights: str = "auto"
     loss: str = "ce_lovasz"
     xla: str = "auto"
@@ -387,6 +388,7 @@ def validate_config(cfg: TrainConfig) -> None:
             f"must be one of {', '.join(uf.AUGMENTS)}",
         ),
         (cfg.tta in TTAS, "--tta", cfg.tta, f"must be one of {', '.join(TTAS)}"),
+        (0.0 <= cfg.logit_adjust <= 1.0, "--logit-adjust", cfg.logit_adjust, "must be between 0 and 1"),
         (cfg.encoder in ENCODERS, "--encoder", cfg.encoder, f"must be one of {', '.join(ENCODERS)}"),
         (
             cfg.encoder_weights in ("imagenet", "none"),
@@ -1026,10 +1028,11 @@ def run_training(
             else ""
         )
     )
-    print(
-        f"  tta = {cfg.tta}"
-        + (" (the saved model averages in the scores of the mirrored photo)" if cfg.tta == "flip" else "")
-    )
+    tta_note = {
+        "flip": " (the saved model averages in the scores of the mirrored photo)",
+        "scales": " (the saved model averages the scores of the photo and its mirror, at two sizes)",
+    }
+    print(f"  tta = {cfg.tta}{tta_note.get(cfg.tta, '')}, logit_adjust = {cfg.logit_adjust}")
     print(
         f"Data: {data.n_train} training samples, {data.n_val} validation samples ({data.val_source}); "
         f"{'tf.data' if data.pipeline == 'tf' else 'NumPy'} pipeline"
@@ -1131,9 +1134,29 @@ def run_training(
     # size the wrapper, else a plain view, so no custom loss is saved. It
     # computes in float32 whatever the training precision (`float32_copy`):
     # the file runs at full speed on any CPU and agrees with its exports.
-    # With `--tta flip` it also averages in the mirrored photo's scores.
-    flip = cfg.tta == "flip"
-    to_save = lambda m: float32_copy(at_source_size(m, saved_size, flip=flip))  # noqa: E731
+    # With `--tta flip` it also averages in the mirrored photo's scores, with
+    # `--tta scales` those of both at a second, larger size as well. With
+    # class weights, `--logit-adjust` divides weights**alpha back out of the
+    # saved model's odds (`with_logit_bias`).
+    flip = cfg.tta in ("flip", "scales")
+    sizes = tta_sizes(
+        cfg.image_size, 2 if cfg.tta == "scales" else 1, 2**DEPTH if cfg.encoder == "unet" else 32
+    )
+    bias = None
+    if weights is not None and cfg.logit_adjust:
+        bias = -cfg.logit_adjust * np.log(np.asarray(weights, np.float64))
+        print(
+            f"Saved model: class scores divided by class_weight**{cfg.logit_adjust} (--logit-adjust): "
+            "the weights' pull toward rare classes, partly undone"
+        )
+    if len(sizes) > 1:
+        print(
+            f"Saved model: runs the network at {' and '.join(f'{s}x{s}' for s in sizes)}, each with the mirror"
+        )
+
+    def to_save(m):
+        return inference_model(m, saved_size, flip=flip, sizes=sizes, logit_bias=bias)
+
     checkpoint = BestModelCheckpoint(model_path, to_save=to_save)
     history = HistoryCSV(out("history.csv"))
     non_finite = StopOnNonFinite()

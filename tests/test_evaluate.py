@@ -54,6 +54,8 @@ def test_evaluate_end_to_end_matches_training_metrics(tiny_data, tmp_path):
         # Training's validation runs the network alone: so must the saved model.
         "--tta",
         "none",
+        "--logit-adjust",
+        0,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     r = run_main("evaluate", "--model", out / "unet_model.keras")

@@ -200,3 +200,90 @@ def test_at_source_size_of_a_model_at_that_size_is_an_uncompiled_view():
     assert all(a is b for a, b in zip(view.weights, core.weights, strict=True))
     x = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(view(x), core(x))
+
+
+def _random_unet(size, seed=0):
+    core = build_unet(size, widths=(4, 8))
+    rng = np.random.default_rng(seed)
+    for w in core.weights:  # the head starts at zero: scores would not vary
+        low, high = (0.5, 1.5) if "moving_variance" in w.path else (-0.5, 0.5)
+        w.assign(rng.uniform(low, high, w.shape).astype("float32"))
+    return core
+
+
+def test_tta_sizes():
+    from segmentation_model import tta_sizes
+
+    assert tta_sizes(96, 1) == (96,)
+    assert tta_sizes(96, 2) == (96, 112)  # 96 * 7/6 = 112
+    assert tta_sizes(32, 2) == (32, 48)  # 37.3, up to a multiple of 16
+    assert tta_sizes(256, 2, 32) == (256, 320)  # 298.7, up to a multiple of 32
+
+
+def test_any_size_copy_runs_the_same_weights_at_other_sizes():
+    from segmentation_model import any_size_copy
+
+    core = _random_unet(16)
+    free = any_size_copy(core)
+    assert free.input_shape == (None, None, None, 3)
+    assert [layer.name for layer in free.layers] == [layer.name for layer in core.layers]
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (2, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(free(x), core(x), atol=1e-6)
+    # At 32x32: the same as a model built at 32x32 with these weights.
+    at32 = build_unet(32, widths=(4, 8))
+    at32.set_weights(core.get_weights())
+    x = rng.integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(free(x), at32(x), atol=1e-6)
+    # A copy: the core keeps its own weights.
+    free.get_layer("head_conv").bias.assign(np.ones(19, np.float32))
+    assert not np.any(core.get_layer("head_conv").bias.numpy() == 1)
+
+
+def test_at_source_size_with_two_sizes_averages_both():
+    tf = pytest.importorskip("tensorflow")
+    from segmentation_model import any_size_copy, at_source_size
+
+    core = any_size_copy(_random_unet(32, seed=3))
+    model = at_source_size(core, 64, flip=True, sizes=(32, 48))
+    assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 64, 64, 19)
+    x = np.random.default_rng(4).integers(0, 256, (2, 64, 64, 3)).astype("float32")
+    want = 0
+    for s in (32, 48):
+        area = tf.image.resize(x, (s, s), method="area").numpy()
+        both = (core(area).numpy() + core(area[:, :, ::-1]).numpy()[:, :, ::-1]) / 2
+        want = want + tf.image.resize(both, (64, 64), method="bilinear").numpy() / 2
+    one = at_source_size(core, 64, flip=True, sizes=(32,))(x).numpy()
+    err = np.abs(model(x).numpy() - want).max()
+    assert err < 1e-4 and np.abs(one - want).max() > 100 * err, err
+    # One copy of the network's weights serves both sizes.
+    assert len(model.trainable_weights) == len(core.trainable_weights)
+
+
+def test_with_logit_bias_shifts_the_scores_before_the_softmax():
+    from segmentation_model import with_logit_bias
+
+    core = _random_unet(16, seed=5)
+    bias = np.linspace(-2, 2, 19).astype("float32")
+    adjusted = with_logit_bias(core, bias)
+    x = np.random.default_rng(6).integers(0, 256, (2, 16, 16, 3)).astype("float32")
+    p = core(x).numpy()
+    logits = np.log(p) + bias
+    want = np.exp(logits - logits.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    np.testing.assert_allclose(adjusted(x).numpy(), want, atol=1e-5)
+    assert (adjusted(x).numpy().argmax(-1) != p.argmax(-1)).any()  # the bias moves some pixels
+    np.testing.assert_allclose(core(x).numpy(), p)  # the core itself is untouched
+
+
+def test_inference_model_save_load_round_trip(tmp_path):
+    from segmentation_model import inference_model
+
+    core = _random_unet(16, seed=7)
+    bias = np.linspace(1, -1, 19)
+    model = inference_model(core, 32, flip=True, sizes=(16, 32), logit_bias=bias)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, compile=False)
+    x = np.random.default_rng(8).integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)

@@ -220,17 +220,20 @@ def _check_saved_at_data_size(r, out, tmp_path):
     assert "(None, 32, 32, 3) (None, 32, 32, 19)" in r.stdout
     y = np.load(tmp_path / "y.npy")
 
-    # The same as the trained core on the pipeline's area resize, averaged
-    # with its scores of the mirrored photo mirrored back (`--tta flip`, the
-    # default), resized bilinearly.
+    # The same as the trained core (any input size, `--tta scales`, the
+    # default) on the pipeline's area resize to 16x16 and to 32x32 (16 * 7/6
+    # rounded up to a multiple of 16), each averaged with its scores of the
+    # mirrored photo mirrored back and resized bilinearly, then averaged.
     import tensorflow as tf
 
     saved = keras.models.load_model(out / "unet_model.keras", compile=False)
     core = next(layer for layer in saved.layers if isinstance(layer, keras.Model))
-    assert core.input_shape == (None, 16, 16, 3)
-    small = tf.image.resize(x, (16, 16), method="area").numpy()
-    both = (core.predict(small, verbose=0) + core.predict(small[:, :, ::-1], verbose=0)[:, :, ::-1]) / 2
-    want = tf.image.resize(both, (32, 32), method="bilinear").numpy()
+    assert core.input_shape == (None, None, None, 3)
+    want = 0
+    for size in (16, 32):
+        small = tf.image.resize(x, (size, size), method="area").numpy()
+        both = (core.predict(small, verbose=0) + core.predict(small[:, :, ::-1], verbose=0)[:, :, ::-1]) / 2
+        want = want + tf.image.resize(both, (32, 32), method="bilinear").numpy() / 2
     np.testing.assert_allclose(y, want, atol=1e-4)
     np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-4)
 

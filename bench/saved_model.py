@@ -1,0 +1,104 @@
+"""The saved model's test-time options, scored side by side on one trained core.
+
+Rebuilds the model a run saves (`segmentation_model.inference_model`, as
+training does) from the trained network inside a saved model, once per
+option, and scores each on the run's validation split (or `--data-dir`) at
+the model's input size, the labels' own for the pairs. An option is
+`TTA:ALPHA`: `--tta` (none, flip, scales) and `--logit-adjust` (with the
+run's class weights, from its `config.json`). Training is the same for all
+of them, so one run measures them all.
+
+    python bench/saved_model.py --model output/unet_model.keras \
+        --options none:0,flip:0,scales:0,flip:0.25,scales:0.2,scales:0.25,scales:0.3
+    python bench/saved_model.py --model output/unet_model.keras --train-pairs 446 --options ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", type=str, default="output/unet_model.keras", help="Saved model of a UNet run."
+    )
+    parser.add_argument(
+        "--data-dir", type=str, default=None, help="Pairs to score; the run's validation split when unset."
+    )
+    parser.add_argument(
+        "--options",
+        type=str,
+        default="flip:0,scales:0,scales:0.25",
+        help="Comma-separated TTA:ALPHA pairs (TTA: none, flip or scales; ALPHA: the --logit-adjust power).",
+    )
+    parser.add_argument(
+        "--train-pairs",
+        type=int,
+        default=0,
+        help="Score N seeded training pairs of the run instead of its validation split (to choose an option "
+        "without looking at the validation split).",
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="Batch size.")
+    args = parser.parse_args()
+
+    import keras
+    import numpy as np
+
+    from evaluation import evaluate_files, resolve_eval_files, scores
+    from segmentation_model import inference_model, tta_sizes
+    from training import DEPTH, TTAS
+
+    options = []
+    for spec in args.options.split(","):
+        tta, _, alpha = spec.partition(":")
+        if tta not in TTAS:
+            sys.exit(f"--options {spec}: TTA must be one of {', '.join(TTAS)}")
+        try:
+            options.append((spec, tta, float(alpha or 0)))
+        except ValueError:
+            sys.exit(f"--options {spec}: ALPHA must be a number")
+    with open(os.path.join(os.path.dirname(os.path.abspath(args.model)), "config.json")) as f:
+        cfg = json.load(f)
+    weights = cfg.get("class_weight_values")
+    saved = keras.models.load_model(args.model, compile=False)
+    # The saved model wraps the trained core; the core has the weights.
+    core = next((layer for layer in saved.layers if isinstance(layer, keras.Model)), saved)
+    size, source = int(core.input_shape[1]), int(saved.input_shape[1])
+    if args.train_pairs:
+        from training import TrainConfig, find_data
+
+        fields = {k: cfg[k] for k in TrainConfig.__dataclass_fields__ if k in cfg}
+        train = find_data(TrainConfig(**fields))[0]
+        picks = np.random.default_rng(0).choice(len(train), min(args.train_pairs, len(train)), replace=False)
+        files, where = [train[i] for i in sorted(picks)], "the run's training split (seed 0)"
+    else:
+        files, where = resolve_eval_files(args.model, args.data_dir)
+    print(f"{len(files)} pairs from {where}; network trained at {size}x{size}, scored at {source}x{source}")
+    print("| --tta | --logit-adjust | mean IoU | pixel accuracy | category mean IoU | seconds |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for _, tta, alpha in options:
+        bias = None
+        if alpha and weights is not None:
+            bias = -alpha * np.log(np.asarray(weights, np.float64))
+        sizes = tta_sizes(size, 2 if tta == "scales" else 1, 2**DEPTH)
+        model = inference_model(core, source, flip=tta != "none", sizes=sizes, logit_bias=bias)
+        start = time.perf_counter()
+        cm, _ = evaluate_files(model, files, args.batch_size)
+        r = scores(cm)
+        print(
+            f"| {tta} | {alpha:g} | {r['mean_iou']:.4f} | {r['pixel_accuracy']:.4f} | "
+            f"{r['category_mean_iou']:.4f} | {time.perf_counter() - start:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
