@@ -71,7 +71,11 @@ def main() -> None:
     saved = keras.models.load_model(args.model, compile=False)
     # The saved model wraps the trained core; the core has the weights.
     core = next((layer for layer in saved.layers if isinstance(layer, keras.Model)), saved)
-    size, source = int(core.input_shape[1]), int(saved.input_shape[1])
+    size, source = int(cfg["image_size"]), int(saved.input_shape[1])
+    # The saved core holds the run's own adjustment in its head's bias
+    # (none for runs from before `--logit-adjust`): each option's is
+    # applied relative to it.
+    saved_alpha = float(cfg.get("logit_adjust", 0.0)) if weights is not None else 0.0
     if args.train_pairs:
         from training import TrainConfig, find_data
 
@@ -86,8 +90,8 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for _, tta, alpha in options:
         bias = None
-        if alpha and weights is not None:
-            bias = -alpha * np.log(np.asarray(weights, np.float64))
+        if weights is not None and alpha != saved_alpha:
+            bias = -(alpha - saved_alpha) * np.log(np.asarray(weights, np.float64))
         sizes = tta_sizes(size, 2 if tta == "scales" else 1, 2**DEPTH)
         model = inference_model(core, source, flip=tta != "none", sizes=sizes, logit_bias=bias)
         start = time.perf_counter()
