@@ -111,12 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--logit-adjust",
         type=float,
-        default=0.25,
+        default=0.3,
         help="with class weights, the saved model divides each class's odds by its weight to this power, "
         "partly undoing the weights' pull toward rare classes (0: keep it; 1: undo it); training is unchanged",
     )
     p.add_argument(
         "--no-augment", dest="augment", action="store_const", const="none", help="the same as --augment none"
+    )
+    p.add_argument(
+        "--block",
+        type=str,
+        default=None,
+        choices=["plain", "residual"],
+        help="conv blocks of the UNet: plain (the classic UNet: two conv, batch norm, ReLU) or residual (the "
+        "block's input added before its last ReLU); default: residual on a CPU with bf16 units, else plain",
     )
     p.add_argument(
         "--class-weights",

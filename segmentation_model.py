@@ -29,46 +29,59 @@ def widths_from_base(base_filters: int, depth: int = 4) -> tuple[int, ...]:
     return tuple(base_filters * 2**i for i in range(depth))
 
 
-def conv_block(x, filters: int, prefix: str):
+def conv_block(x, filters: int, prefix: str, residual: bool = False):
     """Two 3x3 convolutions, each followed by batch norm and ReLU.
+
+    With `residual`, the block's input is added to the second batch norm's
+    output before its ReLU (ResNet's basic block; He et al., 2016), through
+    a 1x1 convolution and batch norm where the widths differ: the shortcut
+    lets a short run's gradients reach every level.
 
     Args:
         x: Input tensor, shape `(batch, height, width, channels)`.
         filters: Output channels of both convolutions.
         prefix: Name prefix of every layer, e.g. ``"enc1"``.
+        residual: Add the input (projected) before the last ReLU.
 
     Returns:
         Tensor of shape `(batch, height, width, filters)`.
     """
+    shortcut = x
     for i in (1, 2):
         # No bias: batch norm's offset does the same job.
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{prefix}_conv{i}")(x)
         # momentum 0.9: the moving statistics keep up with weights that move
         # fast in short, high-learning-rate runs (0.99 lagged far behind).
         x = keras.layers.BatchNormalization(momentum=0.9, name=f"{prefix}_bn{i}")(x)
+        if residual and i == 2:
+            if shortcut.shape[-1] != filters:
+                shortcut = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"{prefix}_proj")(shortcut)
+                shortcut = keras.layers.BatchNormalization(momentum=0.9, name=f"{prefix}_proj_bn")(shortcut)
+            x = keras.layers.Add(name=f"{prefix}_add")([x, shortcut])
         x = keras.layers.Activation("relu", name=f"{prefix}_relu{i}")(x)
     return x
 
 
-def down_block(x, filters: int, prefix: str):
+def down_block(x, filters: int, prefix: str, residual: bool = False):
     """Encoder level: a conv block, then 2x2 max pooling.
 
     Args:
         x: Input tensor, shape `(batch, H, W, C)`.
         filters: Width of the level.
         prefix: Name prefix, e.g. ``"enc1"``.
+        residual: Residual conv block (see `conv_block`).
 
     Returns:
         A pair `(pooled, skip)`: `pooled` has shape `(batch, H/2, W/2, filters)`
         and feeds the next level; `skip` has shape `(batch, H, W, filters)` and
         feeds the matching decoder level.
     """
-    skip = conv_block(x, filters, prefix)
+    skip = conv_block(x, filters, prefix, residual)
     pooled = keras.layers.MaxPooling2D(2, name=f"{prefix}_pool")(skip)
     return pooled, skip
 
 
-def bottleneck(x, filters: int, prefix: str = "bottleneck", dropout: float = 0.0):
+def bottleneck(x, filters: int, prefix: str = "bottleneck", dropout: float = 0.0, residual: bool = False):
     """Lowest level of the UNet: a conv block, optionally with dropout.
 
     Args:
@@ -76,17 +89,18 @@ def bottleneck(x, filters: int, prefix: str = "bottleneck", dropout: float = 0.0
         filters: Width of the bottleneck (1024 in the classic UNet).
         prefix: Name prefix.
         dropout: Dropout rate after the block; 0 disables it.
+        residual: Residual conv block (see `conv_block`).
 
     Returns:
         Tensor of shape `(batch, H, W, filters)`.
     """
-    x = conv_block(x, filters, prefix)
+    x = conv_block(x, filters, prefix, residual)
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name=f"{prefix}_dropout")(x)
     return x
 
 
-def up_block(x, skip, filters: int, prefix: str):
+def up_block(x, skip, filters: int, prefix: str, residual: bool = False):
     """Decoder level: 2x2 transposed convolution, concatenation, conv block.
 
     Args:
@@ -94,13 +108,14 @@ def up_block(x, skip, filters: int, prefix: str):
         skip: Skip tensor from the encoder, shape `(batch, H, W, filters)`.
         filters: Width of the level.
         prefix: Name prefix, e.g. ``"dec1"``.
+        residual: Residual conv block (see `conv_block`).
 
     Returns:
         Tensor of shape `(batch, H, W, filters)`.
     """
     x = keras.layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"{prefix}_upconv")(x)
     x = keras.layers.Concatenate(name=f"{prefix}_concat")([x, skip])
-    return conv_block(x, filters, prefix)
+    return conv_block(x, filters, prefix, residual)
 
 
 def build_unet(
@@ -110,6 +125,7 @@ def build_unet(
     bottleneck_filters: int | None = None,
     dropout: float = 0.0,
     name: str = "unet",
+    residual: bool = False,
 ) -> keras.Model:
     """Assemble a UNet from `down_block`, `bottleneck` and `up_block`.
 
@@ -126,6 +142,8 @@ def build_unet(
             None (1024 for the classic widths).
         dropout: Dropout rate in the bottleneck.
         name: Model name.
+        residual: Residual conv blocks throughout (see `conv_block`); False
+            is the classic UNet.
 
     Returns:
         A `keras.Model` mapping `(batch, image_size, image_size, 3)` RGB to
@@ -145,13 +163,13 @@ def build_unet(
 
     skips = []
     for level, filters in enumerate(widths, start=1):
-        x, skip = down_block(x, filters, prefix=f"enc{level}")
+        x, skip = down_block(x, filters, prefix=f"enc{level}", residual=residual)
         skips.append(skip)
 
-    x = bottleneck(x, bottleneck_filters, dropout=dropout)
+    x = bottleneck(x, bottleneck_filters, dropout=dropout, residual=residual)
 
     for level in range(len(widths), 0, -1):
-        x = up_block(x, skips[level - 1], widths[level - 1], prefix=f"dec{level}")
+        x = up_block(x, skips[level - 1], widths[level - 1], prefix=f"dec{level}", residual=residual)
 
     x = keras.layers.Conv2D(num_classes, 1, name="head_conv")(x)
     # float32 softmax: stable probabilities under mixed precision.

@@ -57,7 +57,8 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     nets = {}
     for s in sizes:
-        nets[s] = build_unet(s, 19, widths_from_base(cfg["base_filters"], DEPTH))
+        residual = cfg.get("block") == "residual"
+        nets[s] = build_unet(s, 19, widths_from_base(cfg["base_filters"], DEPTH), residual=residual)
         nets[s].set_weights(core.get_weights())
     files, source = resolve_eval_files(args.model, args.data_dir)
     print(f"{len(files)} pairs from {source}; sizes {sizes}")

@@ -35,6 +35,39 @@ def test_bottleneck_and_up_block_shapes():
     assert {"bottleneck_conv1", "bottleneck_dropout", "dec2_upconv", "dec2_concat", "dec2_conv2"} <= names
 
 
+def test_residual_block_adds_its_input_before_the_last_relu():
+    from segmentation_model import conv_block
+
+    # Same width: the input itself is added (no projection).
+    x = keras.Input((8, 8, 4))
+    model = keras.Model(x, conv_block(x, 4, "blk", residual=True))
+    names = {layer.name for layer in model.layers}
+    assert "blk_add" in names and "blk_proj" not in names
+    # With the second batch norm's output forced to 0 (gamma = beta = 0), the
+    # block returns relu(input): the shortcut is the identity.
+    bn = model.get_layer("blk_bn2")
+    bn.set_weights([np.zeros_like(w) if i < 2 else w for i, w in enumerate(bn.get_weights())])
+    v = np.random.default_rng(0).normal(size=(2, 8, 8, 4)).astype("float32")
+    np.testing.assert_allclose(model.predict(v, verbose=0), np.maximum(v, 0), atol=1e-6)
+    # Another width: a 1x1 projection with its batch norm.
+    y = conv_block(x, 6, "wide", residual=True)
+    assert tuple(y.shape) == (None, 8, 8, 6)
+    names = {layer.name for layer in keras.Model(x, y).layers}
+    assert {"wide_proj", "wide_proj_bn", "wide_add"} <= names
+
+
+def test_residual_unet_shapes_and_names():
+    plain = build_unet(32, 19, widths_from_base(4))
+    model = build_unet(32, 19, widths_from_base(4), residual=True)
+    x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    assert model.predict(x, verbose=0).shape == (2, 32, 32, 19)
+    names = {layer.name for layer in model.layers}
+    for prefix in ("enc1", "enc4", "bottleneck", "dec4", "dec1"):
+        assert f"{prefix}_add" in names and f"{prefix}_proj" in names
+    assert not any(name.endswith("_add") for name in (layer.name for layer in plain.layers))
+    assert model.count_params() > plain.count_params()
+
+
 def test_widths():
     assert widths_from_base(64) == CLASSIC_WIDTHS
     assert widths_from_base(16) == (16, 32, 64, 128)

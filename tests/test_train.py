@@ -446,11 +446,12 @@ def test_cpu_defaults_follow_the_precision(monkeypatch, precision, bf16_units, e
         training.TrainConfig(precision=precision, base_filters=8, augment="flip"), on_gpu=False
     )
     assert cfg.base_filters == 8 and cfg.augment == "flip"
-    # A GPU's longer runs keep the flip.
-    assert (
-        training.resolve_config(training.TrainConfig(precision="mixed_float16"), on_gpu=True)[0].augment
-        == "flip"
-    )
+    # Residual blocks on the bf16 CPU default; a given --block stays.
+    assert cfg.block == defaults["block"] == ("residual" if expected[1] == "CPU_BF16_DEFAULTS" else "plain")
+    assert training.resolve_config(training.TrainConfig(block="plain"), on_gpu=False)[0].block == "plain"
+    # A GPU's longer runs keep the flip, and the classic (plain) UNet.
+    gpu = training.resolve_config(training.TrainConfig(precision="mixed_float16"), on_gpu=True)[0]
+    assert gpu.augment == "flip" and gpu.block == "plain"
 
 
 @pytest.mark.parametrize(
@@ -489,3 +490,24 @@ def test_autosize_on_sizes_the_run(tiny_data, tmp_path, monkeypatch, capsys, rat
     assert keras.models.load_model(out_dir / "unet_model.keras").input_shape == (None, 32, 32, 3)
     # Each size is timed with the run's own loss.
     assert losses_timed == [cfg.loss] * len(rates)
+
+
+def test_resume_of_a_run_from_before_block_builds_plain_blocks(tmp_path):
+    import json
+
+    import training
+
+    # config.json of a run written before --block existed: no "block" key.
+    saved = {
+        "data_dir": "images",
+        "output_dir": str(tmp_path),
+        "epochs": 3,
+        "image_size": 32,
+        "base_filters": 4,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    cfg, _ = training.resume_config(training.TrainConfig(output_dir=str(tmp_path)), set())
+    assert cfg.block == "plain"
+    cfg, _, _ = training.resolve_config(cfg, on_gpu=False)
+    assert cfg.block == "plain"
+    assert "enc1_add" not in {layer.name for layer in training.build_model(cfg).layers}
