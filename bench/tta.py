@@ -56,8 +56,8 @@ def main() -> None:
     core = next((layer for layer in saved.layers if isinstance(layer, keras.Model)), saved)
     sizes = [int(s) for s in args.sizes.split(",")]
     nets = {}
+    residual = cfg.get("block") == "residual"
     for s in sizes:
-        residual = cfg.get("block") == "residual"
         nets[s] = build_unet(s, 19, widths_from_base(cfg["base_filters"], DEPTH), residual=residual)
         nets[s].set_weights(core.get_weights())
     files, source = resolve_eval_files(args.model, args.data_dir)
