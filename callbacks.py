@@ -18,6 +18,10 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a failed save, a non-finite loss); one line."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says what is on disk and how to go on."""
+
+
 def save_model_atomic(model: keras.Model, path: str) -> None:
     """Save a model to a temporary file beside `path`, then rename it.
 
@@ -31,22 +35,29 @@ def save_model_atomic(model: keras.Model, path: str) -> None:
     Raises:
         TrainingError: If the save fails; the earlier file is untouched.
     """
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}.keras")
     try:
-        with portable_batchnorm(model):
+        with uf.atomic_file(path) as tmp, portable_batchnorm(model):
             model.save(tmp)
-        os.replace(tmp, path)
     except Exception as e:  # noqa: BLE001 - any failure: say it, keep the old file
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
         kept = "the earlier file is unchanged" if os.path.exists(path) else "nothing was written"
         raise TrainingError(f"could not save {path}: {why} ({kept})") from None
-    finally:
-        if os.path.exists(tmp):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+
+
+def weights_finite(model: keras.Model) -> bool:
+    """Whether every weight of `model` is finite (no NaN, no infinity)."""
+    return all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def epoch_is_sound(model: keras.Model, logs: dict | None) -> bool:
+    """Whether an epoch may be saved: a finite training loss and finite weights.
+
+    A NaN batch leaves NaN weights, and validation on them still gives a
+    finite (tiny) mean IoU; neither the best model nor the resume state may
+    ever hold such weights.
+    """
+    loss = (logs or {}).get("loss")
+    return (loss is None or math.isfinite(float(loss))) and weights_finite(model)
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
@@ -72,6 +83,8 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if value is None or not math.isfinite(value) or value <= self.best:
             return
+        if not epoch_is_sound(self.model, logs):
+            return
         save_model_atomic(self.to_save(self.model) if self.to_save else self.model, self.path)
         print(
             f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.4f} to "
@@ -87,6 +100,22 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         """The JSON beside a best model that records its score and epoch."""
         return os.path.splitext(path)[0] + ".json"
 
+    def catch_up(self, model: keras.Model, row: dict) -> None:
+        """Consider the epoch of a history row again, with its model.
+
+        On resume: the run may have been killed after the resume state of
+        its last epoch, before this callback's save of it.
+
+        Args:
+            model: The model as it was at the end of that epoch.
+            row: Its `HistoryCSV` row (`epoch` 0-based, the logs).
+        """
+        epoch = int(row["epoch"])
+        if self.best_epoch is not None and self.best_epoch >= epoch:
+            return  # saved already (the history's rounded score must not count again)
+        self.set_model(model)
+        self.on_epoch_end(epoch, {k: v for k, v in row.items() if k != "epoch"})
+
     def restore(self) -> None:
         """Take the best score and epoch of the model already on disk."""
         info = self.info_path(self.path)
@@ -97,15 +126,18 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
 
 class StopOnNonFinite(keras.callbacks.Callback):
-    """Stop at the first NaN or infinite training loss and remember where.
+    """Stop at the first NaN or infinite training loss or weight, and say where.
 
-    After `fit`, `failed` holds `(epoch, batch, loss)`; the run then ends
-    with an error, keeping the best model saved so far.
+    The weights are checked at the end of each epoch: batch norm's moving
+    statistics can overflow while the loss, computed on batch statistics,
+    stays finite. After `fit`, `failed` holds a one-line account (`None`
+    while all is well); the run then ends with an error, keeping the best
+    model saved so far. Put it before the callbacks that save.
     """
 
     def __init__(self):
         super().__init__()
-        self.failed: tuple[int, int, float] | None = None
+        self.failed: str | None = None
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -114,7 +146,14 @@ class StopOnNonFinite(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            self.failed = (self._epoch, batch, float(loss))
+            self.failed = (
+                f"the training loss became {float(loss)} at epoch {self._epoch + 1}, batch {batch + 1}"
+            )
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.failed is None and not weights_finite(self.model):
+            self.failed = f"the weights became non-finite in epoch {epoch + 1}"
             self.model.stop_training = True
 
 
@@ -126,7 +165,8 @@ class ResumeState(keras.callbacks.Callback):
     `folder/state.json` names the last complete one and is written after
     it, atomically, so a kill at any moment leaves a consistent pair. Older
     epoch files are removed once the state points past them. Put this
-    callback after the checkpoint and history callbacks.
+    callback after the history callback and before the best-model one (see
+    `BestModelCheckpoint.catch_up`).
 
     Args:
         folder: Folder for the state.
@@ -139,6 +179,8 @@ class ResumeState(keras.callbacks.Callback):
         self.folder = folder
 
     def on_epoch_end(self, epoch, logs=None):
+        if not epoch_is_sound(self.model, logs):
+            return  # the state keeps naming the last sound epoch
         os.makedirs(self.folder, exist_ok=True)
         name = f"epoch_{epoch + 1:03d}.keras"
         save_model_atomic(self.model, os.path.join(self.folder, name))
@@ -153,8 +195,11 @@ class ResumeState(keras.callbacks.Callback):
         path = os.path.join(folder, cls.STATE)
         if not os.path.isfile(path):
             return None
-        with open(path) as f:
-            state = json.load(f)
+        try:
+            with open(path) as f:
+                state = json.load(f)
+        except (OSError, ValueError):
+            return None
         model = os.path.join(folder, state["model"])
         if not os.path.isfile(model):
             return None
@@ -300,12 +345,6 @@ def write_gif(frames: list[str], path: str, ms_per_frame: int = 700) -> str | No
         return None
     images = [Image.open(f).convert("RGB") for f in frames]
     durations = [ms_per_frame] * (len(images) - 1) + [3 * ms_per_frame]
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}.gif")
-    try:
+    with uf.atomic_file(path) as tmp:
         images[0].save(tmp, save_all=True, append_images=images[1:], duration=durations, loop=0)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -258,13 +259,17 @@ def write_report(
     return result
 
 
-def resolve_eval_files(model_path: str, data_dir: str | None) -> tuple[list[str], str]:
-    """The files to score and a description of where they come from.
+def resolve_eval_files(model_path: str, data_dir: str | None) -> tuple[list[str], str, list[tuple[str, str]]]:
+    """The files to score, where they come from, and the files skipped.
 
     Without `data_dir`: the validation split of the run that wrote the model,
     rebuilt from the `config.json` beside it (same folder, fraction, seed).
     With `data_dir`: `data_dir/val` when it exists, else every pair in
     `data_dir`.
+
+    Returns:
+        `(files, source, skipped)`: skipped lists `(path, reason)` of the
+        unusable files, which are not scored.
 
     Raises:
         UsageError: When no usable pair is found.
@@ -279,16 +284,22 @@ def resolve_eval_files(model_path: str, data_dir: str | None) -> tuple[list[str]
         with open(cfg_path) as f:
             saved = json.load(f)
         fields = {k: saved[k] for k in TrainConfig.__dataclass_fields__ if k in saved}
-        _, val, source, _ = find_data(TrainConfig(**fields))
-        return val, f"validation split of the run ({source})"
+        _, val, source, skipped = find_data(TrainConfig(**fields))
+        # Those skipped from the folder the split comes from (a carved split's
+        # pool, or the run's val/), not the training folder's.
+        here = os.path.dirname(val[0])
+        return (
+            val,
+            f"validation split of the run ({source})",
+            [s for s in skipped if os.path.dirname(s[0]) == here],
+        )
     if not os.path.isdir(data_dir):
         raise UsageError(f"--data-dir {data_dir}: folder not found")
     folder = os.path.join(data_dir, "val") if os.path.isdir(os.path.join(data_dir, "val")) else data_dir
     good, skipped = scan_pairs(list_images(folder))
     if not good:
         raise UsageError(f"--data-dir {data_dir}: no usable pair in {folder}")
-    note = f", {len(skipped)} unusable files skipped" if skipped else ""
-    return good, f"{folder}{note}"
+    return good, folder, skipped
 
 
 def load_segmentation_model(path: str):
@@ -297,8 +308,12 @@ def load_segmentation_model(path: str):
 
     from training import UsageError
 
+    if os.path.isdir(path):
+        raise UsageError(f"--model {path}: is a folder; pass the .keras file in it")
     if not os.path.isfile(path):
         raise UsageError(f"--model {path}: file not found")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise UsageError(f"--model {path}: not a whole .keras file (truncated, or not a zip archive)")
     try:
         # safe_mode stays on: a Lambda layer's Python code never runs on load.
         model = keras.models.load_model(path, compile=False)
@@ -340,10 +355,22 @@ def run_evaluate(model_path: str, data_dir: str | None, output_dir: str | None, 
 
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
+    from pair_files import display_name
+
     model = load_segmentation_model(model_path)
-    files, source = resolve_eval_files(model_path, data_dir)
+    files, source, skipped = resolve_eval_files(model_path, data_dir)
     out = output_dir or os.path.join(os.path.dirname(os.path.abspath(model_path)), "eval")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--output-dir {out}: cannot write there ({e.strerror or e})") from None
     print(f"Scoring {model_path} on {len(files)} pairs: {source}")
+    if skipped:
+        uf.atomic_write_text(
+            os.path.join(out, "skipped.txt"), "".join(f"{display_name(p)}\t{why}\n" for p, why in skipped)
+        )
+        for p, why in skipped:
+            print(f"  skipped {display_name(p)}: {why}")
     cm, cm_full = evaluate_files(model, files, batch_size)
     result = write_report(
         cm,

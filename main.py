@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the model already in OUTPUT_DIR (by default it is kept as unet_model.<date>.keras)",
+        help="remove the earlier run in OUTPUT_DIR (by default it is moved to OUTPUT_DIR/earlier/<date>/)",
     )
     return p
 
@@ -375,8 +375,9 @@ def plot(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and run; bad input ends with one line and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
-    from training import TrainConfig, TrainingError, UsageError, run_training
+    from training import TrainConfig, TrainingError, UsageError, interrupted_message, run_training
 
+    output_dir = None
     try:
         if argv[:1] == ["plot"]:
             plot(build_plot_parser().parse_args(argv[1:]))
@@ -400,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             flags = vars(parser.parse_args(argv))
             resume, overwrite = flags.pop("resume"), flags.pop("overwrite")
             given = given_flags(parser, argv) - {"resume", "overwrite"}
+            output_dir = flags["output_dir"]
             run_training(TrainConfig(**flags), resume=resume, overwrite=overwrite, given=given)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -407,11 +409,21 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: the best model so far is on disk", file=sys.stderr)
+    except OSError as e:
+        # A file that cannot be written (disk full, read-only, name too long):
+        # every write is atomic, so what was on disk before is whole.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(str(e) or interrupted_message(output_dir), file=sys.stderr)
         return 130
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # while the libraries load, before main's own handler
+        print("interrupted while starting: nothing was written", file=sys.stderr)
+        sys.exit(130)

@@ -6,6 +6,8 @@ import os
 
 import keras
 
+import utils_func as uf
+
 
 def get_model_arch(model: keras.Model, output_dir: str) -> str:
     """Write `model_arch.png` with `keras.utils.plot_model`, or a text summary.
@@ -23,16 +25,16 @@ def get_model_arch(model: keras.Model, output_dir: str) -> str:
     """
     png = os.path.join(output_dir, "model_arch.png")
     try:
-        keras.utils.plot_model(model, to_file=png, show_shapes=True, show_layer_names=True, dpi=60)
-        if os.path.exists(png):
-            return png
-        reason = "plot_model wrote no file"
+        with uf.atomic_file(png) as tmp:
+            keras.utils.plot_model(model, to_file=tmp, show_shapes=True, show_layer_names=True, dpi=60)
+            if not os.path.exists(tmp):
+                raise OSError("plot_model wrote no file")
+        return png
     except (ImportError, OSError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     lines: list[str] = []
     model.summary(print_fn=lambda line, *a, **k: lines.append(line), line_length=110)
     txt = os.path.join(output_dir, "model_arch.txt")
-    with open(txt, "w") as f:
-        f.write(f"No model_arch.png: {reason} (install pydot and Graphviz for the diagram).\n\n")
-        f.write("\n".join(lines) + "\n")
+    head = f"No model_arch.png: {reason} (install pydot and Graphviz for the diagram).\n\n"
+    uf.atomic_write_text(txt, head + "\n".join(lines) + "\n")
     return txt

@@ -157,7 +157,7 @@ def check_photos(model_path: str, size: int, count: int = 8) -> tuple[np.ndarray
     try:
         from evaluation import resolve_eval_files
 
-        files, _ = resolve_eval_files(model_path, None)
+        files, _, _ = resolve_eval_files(model_path, None)
         photos = [resize_photo(split_pair(read_photo(f))[0], size) for f in files[:count]]
         if photos:
             return np.stack(photos).astype(np.float32), f"{len(photos)} validation photos of the run"

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import re
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
@@ -21,6 +23,11 @@ MAX_PAIR_HEIGHT = 4096
 
 class DataError(ValueError):
     """A data folder or file that cannot be used; the message is one line."""
+
+
+def display_name(path: str) -> str:
+    """`path` as it can be printed: bytes that are not UTF-8 shown as `\\xNN`."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _natural_key(path: str):
@@ -42,24 +49,16 @@ def list_images(folder: str) -> list[str]:
     return sorted((p for p in paths if os.path.isfile(p)), key=_natural_key)
 
 
-def jpeg_header(path: str) -> tuple[int, int, int]:
-    """Read a JPEG's frame header without decoding the image.
-
-    Args:
-        path: File path.
-
-    Returns:
-        `(height, width, components)`.
-
-    Raises:
-        DataError: If the file is empty, unreadable, not a JPEG, or has no
-            frame header.
-    """
+def _read(path: str, size: int = -1) -> bytes:
     try:
         with open(path, "rb") as f:
-            data = f.read(1 << 16)
+            return f.read(size)
     except OSError as e:
         raise DataError(f"cannot read: {e.strerror or e}") from None
+
+
+def _frame_header(data: bytes) -> tuple[int, int, int]:
+    # (height, width, components) of the first SOF marker in `data`.
     if not data:
         raise DataError("empty file")
     if data[:2] != b"\xff\xd8":
@@ -85,10 +84,28 @@ def jpeg_header(path: str) -> tuple[int, int, int]:
     raise DataError("truncated or corrupt JPEG (no frame header)")
 
 
-def check_pair(path: str) -> str | None:
-    """Why `path` is not a usable image pair, or None when it looks fine.
+def jpeg_header(path: str) -> tuple[int, int, int]:
+    """Read a JPEG's frame header without decoding the image.
 
-    Only the header is read: the full decode happens once, in the pipeline.
+    Args:
+        path: File path.
+
+    Returns:
+        `(height, width, components)`.
+
+    Raises:
+        DataError: If the file is empty, unreadable, not a JPEG, or has no
+            frame header.
+    """
+    return _frame_header(_read(path, 1 << 16))
+
+
+def check_pair(path: str) -> str | None:
+    """Why `path` is not a usable image pair, or None when it is one.
+
+    The header is checked first (size, channels), then the whole file is
+    decoded once: a file that passes is one every pipeline decodes, so the
+    counts of a run are of the files it really uses.
 
     Args:
         path: File path.
@@ -97,7 +114,12 @@ def check_pair(path: str) -> str | None:
         A short reason, or None.
     """
     try:
-        height, width, components = jpeg_header(path)
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return "file name is not valid UTF-8 (rename the file)"
+    try:
+        data = _read(path)
+        height, width, components = _frame_header(data)
     except DataError as e:
         return str(e)
     if components != 3:
@@ -108,6 +130,10 @@ def check_pair(path: str) -> str | None:
         return f"{width}x{height} is too small"
     if height > MAX_PAIR_HEIGHT:
         return f"{width}x{height} is too large (pairs up to {MAX_PAIR_HEIGHT} pixels high are decoded)"
+    # The pipelines' decoders (libjpeg in TensorFlow and OpenCV) refuse the
+    # same files: truncated data above all.
+    if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None:
+        return "truncated or corrupt JPEG (does not decode)"
     return None
 
 
@@ -120,13 +146,11 @@ def scan_pairs(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     Returns:
         `(good, skipped)`: good paths, and `(path, reason)` for the rest.
     """
-    good, skipped = [], []
-    for p in paths:
-        reason = check_pair(p)
-        if reason is None:
-            good.append(p)
-        else:
-            skipped.append((p, reason))
+    # Decoding releases the GIL: a thread per core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        reasons = list(pool.map(check_pair, paths))
+    good = [p for p, r in zip(paths, reasons, strict=True) if r is None]
+    skipped = [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
     return good, skipped
 
 

@@ -25,6 +25,7 @@ import utils_func as uf
 from callbacks import (
     BestModelCheckpoint,
     HistoryCSV,
+    Interrupted,
     ProgressPictures,
     ResumeState,
     StopOnNonFinite,
@@ -32,6 +33,8 @@ from callbacks import (
 )
 from distribute import DISTRIBUTE
 from model_arch import get_model_arch
+from pair_files import display_name, list_images, scan_pairs, split_train_val
+from run_folder import MODEL_FILE, FolderInUse, RunLock, archive_run, clear_run, remove_temporaries
 from segmentation_model import (
     build_encoder_unet,
     build_unet,
@@ -40,7 +43,6 @@ from segmentation_model import (
     widths_from_base,
 )
 
-MODEL_FILE = "unet_model.keras"
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("auto", "none")
 SCHEDULES = ("cosine", "constant", "plateau")
@@ -711,8 +713,6 @@ def find_data(cfg: TrainConfig) -> tuple[list[str], list[str], str, list[tuple[s
     Raises:
         UsageError: If the folder is missing or holds no usable pair.
     """
-    from pair_files import list_images, scan_pairs, split_train_val
-
     root = cfg.data_dir
     if not os.path.isdir(root):
         raise UsageError(f"--data-dir {root}: folder not found (put the Cityscapes pairs in {root}/train)")
@@ -724,6 +724,11 @@ def find_data(cfg: TrainConfig) -> tuple[list[str], list[str], str, list[tuple[s
     good, skipped = scan_pairs(pool)
     if not good:
         what = f"no usable pair among {len(pool)} JPEG files" if pool else "no .jpg files"
+        kaggle = os.path.join(root, "cityscapes_data")
+        if not pool and os.path.isdir(kaggle):
+            raise UsageError(
+                f"--data-dir {root}: {what} in {train_dir}; the pairs are in {kaggle}: pass --data-dir {kaggle}"
+            )
         raise UsageError(
             f"--data-dir {root}: {what} in {train_dir} (put the Cityscapes pairs in {root}/train; "
             "see images/README.md)"
@@ -743,31 +748,6 @@ def find_data(cfg: TrainConfig) -> tuple[list[str], list[str], str, list[tuple[s
         )
     train, val = split_train_val(good, cfg.val_split, cfg.seed)
     return train, val, f"seeded {cfg.val_split:.0%} of {train_dir} (seed {cfg.seed})", skipped
-
-
-def keep_earlier_model(path: str) -> str | None:
-    """Rename an existing model file so a new run cannot destroy it.
-
-    Args:
-        path: Model path about to be written by a new run.
-
-    Returns:
-        The new name of the earlier model, or None when there was none.
-    """
-    if not os.path.exists(path):
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(path)))
-    root, ext = os.path.splitext(path)
-    kept = f"{root}.{stamp}{ext}"
-    n = 1
-    while os.path.exists(kept):
-        kept = f"{root}.{stamp}-{n}{ext}"
-        n += 1
-    os.replace(path, kept)
-    info = BestModelCheckpoint.info_path(path)
-    if os.path.exists(info):
-        os.remove(info)  # it describes the renamed file, which no run resumes
-    return kept
 
 
 #: Flags a resumed run may change: they do not affect what is learned.
@@ -826,28 +806,6 @@ def resume_config(cfg: TrainConfig, given: frozenset[str] | set[str]) -> tuple[T
                 f"({theirs}); leave the flag out, or start a new run in another --output-dir"
             )
     return TrainConfig(**fields), saved
-
-
-def clear_run(output_dir: str) -> list[str]:
-    """Remove what a new run replaces: the best model, resume state, progress pictures.
-
-    Args:
-        output_dir: Run folder.
-
-    Returns:
-        Names removed.
-    """
-    removed = []
-    for name in (MODEL_FILE, os.path.splitext(MODEL_FILE)[0] + ".json", "resume", "progress", "progress.gif"):
-        path = os.path.join(output_dir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-        else:
-            continue
-        removed.append(name)
-    return removed
 
 
 def write_prediction_panels(
@@ -930,6 +888,47 @@ def open_data(cfg: TrainConfig, pad_to: int = 1) -> tuple[data_source.RunData, l
     return data, skipped
 
 
+def make_room(output_dir: str, overwrite: bool) -> None:
+    """Move the earlier run in `output_dir` aside whole, or remove it (`overwrite`)."""
+    if overwrite:
+        removed = clear_run(output_dir)
+        if removed:
+            print(f"--overwrite: removed the earlier {', '.join(removed)} from {output_dir}")
+        return
+    kept = archive_run(output_dir)
+    if kept:
+        print(f"An earlier run was in {output_dir}: moved whole to {kept}")
+
+
+def write_skipped(path: str, skipped: list[tuple[str, str]]) -> None:
+    """Write `skipped.txt`: one `path<TAB>reason` line per unusable file."""
+    uf.atomic_write_text(path, "".join(f"{display_name(p)}\t{why}\n" for p, why in skipped))
+
+
+def interrupted_message(output_dir: str | None, checkpoint: BestModelCheckpoint | None = None) -> str:
+    """One line for Ctrl-C: what is on disk, and how to continue.
+
+    Args:
+        output_dir: Run folder, or None for commands that are not a run.
+        checkpoint: The run's best-model callback, once training has begun.
+
+    Returns:
+        The message.
+    """
+    if output_dir is None:
+        return "interrupted"
+    state = ResumeState.load(os.path.join(output_dir, "resume"))
+    go_on = f"; continue with: python main.py --output-dir {output_dir} --resume" if state else ""
+    if checkpoint is not None and checkpoint.best_epoch is not None:
+        return (
+            f"interrupted: the best model so far (epoch {checkpoint.best_epoch + 1}, validation mean IoU "
+            f"{checkpoint.best:.4f}) is in {checkpoint.path}{go_on}"
+        )
+    if state:
+        return f"interrupted: the run in {output_dir} is as it was after epoch {state[0]}{go_on}"
+    return "interrupted before an epoch finished: this run saved no model"
+
+
 def run_training(
     cfg: TrainConfig,
     resume: bool = False,
@@ -973,6 +972,35 @@ def run_training(
         # Workers other than the chief write into a folder removed at the end.
         scratch = tempfile.mkdtemp(prefix="unet-worker-")
         cfg = dataclasses.replace(cfg, output_dir=scratch)
+    lock = None if scratch else lock_run_folder(cfg.output_dir)
+    try:
+        return _run_in_folder(cfg, resume, overwrite, saved, dist, scratch, t_start)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def lock_run_folder(output_dir: str) -> RunLock:
+    """Take `output_dir` for this run, and remove what killed saves left there.
+
+    Raises:
+        UsageError: When another process runs there, or the folder cannot
+            be created or written.
+    """
+    try:
+        lock = RunLock(output_dir)
+    except FolderInUse as e:
+        raise UsageError(
+            f"--output-dir {output_dir}: {e}: wait for that run, or choose another --output-dir"
+        ) from None
+    except OSError as e:
+        raise UsageError(f"--output-dir {output_dir}: cannot write there ({e.strerror or e})") from None
+    remove_temporaries(output_dir)
+    return lock
+
+
+def _run_in_folder(cfg, resume, overwrite, saved, dist, scratch, t_start) -> dict:
+    # The rest of `run_training`, with the run folder locked.
     on_gpu = gpu_available()
     # Only sizes left to the machine are sized by measurement.
     autosize = (
@@ -1006,7 +1034,7 @@ def run_training(
                 f"--resume: this machine resolves --precision {cfg.precision} to {policy}, the run used "
                 f"{saved['precision_policy']}; pass --precision {saved['precision_policy']}"
             )
-    elif state is not None and state[0] < cfg.epochs and not overwrite:
+    elif state is not None and not overwrite:
         raise UsageError(
             f"--output-dir {cfg.output_dir}: holds an unfinished run ({state[0]} epochs done): continue it "
             "with --resume, start anew over it with --overwrite, or choose another --output-dir"
@@ -1073,23 +1101,16 @@ def run_training(
         f"Data: {data.n_train} training samples, {data.n_val} validation samples ({data.val_source}); "
         f"{'tf.data' if data.pipeline == 'tf' else 'NumPy'} pipeline"
     )
+    if not resume:
+        make_room(cfg.output_dir, overwrite)
     if skipped:
-        uf.atomic_write_text(out("skipped.txt"), "".join(f"{p}\t{why}\n" for p, why in skipped))
-        names = ", ".join(f"{os.path.basename(p)} ({why})" for p, why in skipped[:5])
+        write_skipped(out("skipped.txt"), skipped)
+        names = ", ".join(f"{display_name(os.path.basename(p))} ({why})" for p, why in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         print(f"Skipped {len(skipped)} unusable files: {names}{more} (list: {out('skipped.txt')})")
 
     if resume:
         print(f"Resuming {cfg.output_dir} after epoch {state[0]} of {cfg.epochs}")
-    elif overwrite:
-        removed = clear_run(cfg.output_dir)
-        if removed:
-            print(f"--overwrite: removed the earlier {', '.join(removed)} from {cfg.output_dir}")
-    else:
-        kept = keep_earlier_model(model_path)
-        if kept:
-            print(f"An earlier model was in {cfg.output_dir}: kept as {kept}")
-        clear_run(cfg.output_dir)  # a finished run's resume state and pictures
 
     # ignore_errors() hides the dataset's length, so Keras finds the end of
     # the first epoch by running out of data; that is expected here.
@@ -1199,7 +1220,11 @@ def run_training(
     if resume:
         checkpoint.restore()
         history.restore(initial_epoch)
-    callbacks = [non_finite, checkpoint, history]
+        if history.rows:
+            # A kill between the resume state and the best-model save of the
+            # last epoch: that epoch's model is the resumed one.
+            checkpoint.catch_up(model, history.rows[-1])
+    callbacks = [non_finite, history]
     plateau, early = schedule_callbacks(cfg)
     callbacks += [c for c in (plateau, early) if c is not None]
     log_dir = out("logs") if cfg.tensorboard else None
@@ -1211,30 +1236,32 @@ def run_training(
         if resume:
             progress.restore(initial_epoch)
         callbacks.append(progress)
-    # Last: the state names an epoch only once its model and history are on disk.
-    callbacks.append(ResumeState(out("resume")))
-    model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=cfg.epochs,
-        initial_epoch=initial_epoch,
-        callbacks=callbacks,
-        # The datasets shuffle themselves (seeded).
-        shuffle=False,
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
+    # The state names an epoch once its history row is on disk; the best
+    # model comes after it, so it never names an epoch the history lacks.
+    callbacks += [ResumeState(out("resume")), checkpoint]
+    try:
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=cfg.epochs,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            # The datasets shuffle themselves (seeded).
+            shuffle=False,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(cfg.output_dir, checkpoint)) from None
     curves = uf.plot_history(history.columns(), cfg.output_dir)
     if non_finite.failed:
-        epoch, batch, loss = non_finite.failed
         kept = (
             f"the best model so far (epoch {checkpoint.best_epoch + 1}, validation mean IoU "
             f"{checkpoint.best:.4f}) is kept in {model_path}"
             if checkpoint.best_epoch is not None
-            else "no epoch finished with a finite loss, so no model was saved"
+            else "no epoch finished with finite weights, so no model was saved"
         )
         raise TrainingError(
-            f"the training loss became {loss} at epoch {epoch + 1}, batch {batch + 1}: stopped; {kept}. "
-            "Try a lower --learning-rate or --precision float32"
+            f"{non_finite.failed}: stopped; {kept}. Try a lower --learning-rate or --precision float32"
         )
     shutil.rmtree(out("resume"), ignore_errors=True)  # the run is complete
     if early is not None and early.stopped_epoch:
@@ -1248,9 +1275,12 @@ def run_training(
         # The saved model itself, on photos and labels at the data's size:
         # the pictures show what a user of the file gets (flip averaging
         # included), not the network at its training size.
-        best = keras.models.load_model(model_path)
-        samples = data.samples(cfg.num_preds, False, saved_size)
-        panels = write_prediction_panels(best, samples, cfg.output_dir, pad_to)
+        try:
+            best = keras.models.load_model(model_path)
+            samples = data.samples(cfg.num_preds, False, saved_size)
+            panels = write_prediction_panels(best, samples, cfg.output_dir, pad_to)
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted_message(cfg.output_dir, checkpoint)) from None
 
     elapsed = time.perf_counter() - t_start
     if scratch:

@@ -8,12 +8,13 @@ serve the tf.data pipeline's tests, prediction and plotting alike.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
+import glob
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -267,27 +268,67 @@ def classes_table() -> list[dict]:
     ]
 
 
+#: Names of the temporary files of `atomic_file` (a kill mid-write can leave
+#: one; a run removes those in its folder, see `remove_temporaries`).
+TEMP_GLOB = ".*.tmp-*"
+
+
+@contextlib.contextmanager
+def atomic_file(path: str):
+    """Write a file atomically: yield a temporary path beside it, then rename.
+
+    The caller writes the temporary file; on success it replaces `path` in
+    one step, on any failure it is removed and `path` is left as it was.
+
+    Args:
+        path: Destination path.
+
+    Yields:
+        The temporary path to write, with the destination's extension (some
+        writers pick the format from it).
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}{os.path.splitext(name)[1]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
+def remove_temporaries(folder: str) -> list[str]:
+    """Remove the temporary files `atomic_file` left in `folder` (not below it).
+
+    Only safe while no other process writes into `folder` (a run holds its
+    folder's lock).
+
+    Args:
+        folder: Directory to clean.
+
+    Returns:
+        Paths removed.
+    """
+    removed = []
+    for tmp in glob.glob(os.path.join(folder, TEMP_GLOB)):
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+            removed.append(tmp)
+    return removed
+
+
 def atomic_write_text(path: str, text: str) -> None:
-    """Write a text file atomically: a temporary file beside it, then rename.
+    """Write a text file atomically (see `atomic_file`).
 
     Args:
         path: Destination path.
         text: Content.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        # mkstemp makes the file private; give it the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 def write_json(path: str, obj) -> None:

@@ -84,7 +84,7 @@ def main() -> None:
         picks = np.random.default_rng(0).choice(len(train), min(args.train_pairs, len(train)), replace=False)
         files, where = [train[i] for i in sorted(picks)], "the run's training split (seed 0)"
     else:
-        files, where = resolve_eval_files(args.model, args.data_dir)
+        files, where, _ = resolve_eval_files(args.model, args.data_dir)
     print(f"{len(files)} pairs from {where}; network trained at {size}x{size}, scored at {source}x{source}")
     print("| --tta | --logit-adjust | mean IoU | pixel accuracy | category mean IoU | seconds |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -60,7 +60,7 @@ def main() -> None:
     for s in sizes:
         nets[s] = build_unet(s, 19, widths_from_base(cfg["base_filters"], DEPTH), residual=residual)
         nets[s].set_weights(core.get_weights())
-    files, source = resolve_eval_files(args.model, args.data_dir)
+    files, source, _ = resolve_eval_files(args.model, args.data_dir)
     print(f"{len(files)} pairs from {source}; sizes {sizes}")
 
     def decode(path):

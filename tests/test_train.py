@@ -187,9 +187,8 @@ def test_main_end_to_end_tiny(tiny_data, tmp_path):
         "--image-size", 16, "--num-preds", 1, "--progress-every", 0,
     )  # fmt: skip
     assert r2.returncode == 0, r2.stderr[-3000:]
-    kept = [n for n in os.listdir(out) if n.startswith("unet_model.") and n.endswith(".keras")]
-    kept.remove("unet_model.keras")
-    assert len(kept) == 1 and "kept as" in r2.stdout
+    (kept,) = os.listdir(out / "earlier")
+    assert os.path.isfile(out / "earlier" / kept / "unet_model.keras") and "moved whole to" in r2.stdout
     _check_saved_at_data_size(r2, out, tmp_path)
 
 
