@@ -34,7 +34,7 @@ from callbacks import (
 from distribute import DISTRIBUTE
 from model_arch import get_model_arch
 from pair_files import display_name, list_images, scan_pairs, split_train_val
-from run_folder import MODEL_FILE, FolderInUse, RunLock, archive_run, clear_run, remove_temporaries
+from run_folder import LOCK_FILE, MODEL_FILE, FolderInUse, RunLock, archive_run, clear_run, remove_temporaries
 from segmentation_model import (
     build_encoder_unet,
     build_unet,
@@ -972,12 +972,16 @@ def run_training(
         # Workers other than the chief write into a folder removed at the end.
         scratch = tempfile.mkdtemp(prefix="unet-worker-")
         cfg = dataclasses.replace(cfg, output_dir=scratch)
+    existed = os.path.isdir(cfg.output_dir)
     lock = None if scratch else lock_run_folder(cfg.output_dir)
     try:
         return _run_in_folder(cfg, resume, overwrite, saved, dist, scratch, t_start)
     finally:
         if lock is not None:
             lock.release()
+            if not existed and os.listdir(cfg.output_dir) == [LOCK_FILE]:
+                # Refused before writing anything: leave no folder behind.
+                shutil.rmtree(cfg.output_dir, ignore_errors=True)
 
 
 def lock_run_folder(output_dir: str) -> RunLock:
