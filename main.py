@@ -355,44 +355,46 @@ def build_export_parser() -> argparse.ArgumentParser:
 
 def plot(args: argparse.Namespace) -> None:
     """Redraw the curves of a finished or running training run."""
-    import utils_func as uf
-    from training import UsageError
+    from cityscapes_unet import io, plots
+    from cityscapes_unet.errors import UsageError
 
     if not os.path.isfile(args.history):
         raise UsageError(f"--history {args.history}: file not found")
     try:
-        history = uf.read_history(args.history)
+        history = io.read_history(args.history)
     except (OSError, ValueError, KeyError, UnicodeDecodeError) as e:
         raise UsageError(f"--history {args.history}: not a history.csv ({e})") from None
     if not history or "loss" not in history:
         raise UsageError(f"--history {args.history}: no epochs in it")
     out = args.output_dir or os.path.dirname(os.path.abspath(args.history))
     os.makedirs(out, exist_ok=True)
-    for path in uf.plot_history(history, out):
+    for path in plots.plot_history(history, out):
         print(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and run; bad input ends with one line and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
-    from training import TrainConfig, TrainingError, UsageError, interrupted_message, run_training
+    from cityscapes_unet.errors import TrainingError, UsageError
+    from cityscapes_unet.train.config import TrainConfig
+    from cityscapes_unet.train.run import interrupted_message, run_training
 
     output_dir = None
     try:
         if argv[:1] == ["plot"]:
             plot(build_plot_parser().parse_args(argv[1:]))
         elif argv[:1] == ["predict"]:
-            from prediction import run_predict
+            from cityscapes_unet.infer.predict import run_predict
 
             a = build_predict_parser().parse_args(argv[1:])
             run_predict(a.model, a.inputs, a.out, a.pairs, a.batch_size, a.engine)
         elif argv[:1] == ["export"]:
-            from model_export import run_export
+            from cityscapes_unet.infer.export import run_export
 
             a = build_export_parser().parse_args(argv[1:])
             run_export(a.model, a.format, a.out)
         elif argv[:1] == ["evaluate"]:
-            from evaluation import run_evaluate
+            from cityscapes_unet.infer.evaluate import run_evaluate
 
             a = build_evaluate_parser().parse_args(argv[1:])
             run_evaluate(a.model, a.data_dir, a.output_dir, a.batch_size)

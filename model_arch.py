@@ -6,7 +6,7 @@ import os
 
 import keras
 
-import utils_func as uf
+from cityscapes_unet import io as uf
 
 
 def get_model_arch(model: keras.Model, output_dir: str) -> str:

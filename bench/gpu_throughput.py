@@ -23,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+import utils_func as uf
+
 CLASSIC = (64, 128, 256, 512)
 
 
@@ -30,14 +32,14 @@ def load_pairs(data_dir: str | None, count: int, size: int, seed: int = 0):
     """Real pairs as uint8 photos `(N, S, S, 3)` and ids `(N, S, S)`; random ones without a folder."""
     import cv2
 
-    from prediction import read_photo, resize_photo, split_pair
+    from cityscapes_unet.io import read_photo, resize_photo, split_pair
 
     if not data_dir:
         rng = np.random.default_rng(seed)
         return rng.integers(0, 256, (count, size, size, 3), np.uint8), rng.integers(
             0, 19, (count, size, size), np.uint8
         )
-    from data_pipeline import list_images
+    from cityscapes_unet.data.files import list_images
 
     files = list_images(data_dir)[:count]
     photos, ids = [], []
@@ -86,7 +88,6 @@ def keras_rate(photos, ids, size, widths, batch, policy, steps) -> float:
     """Training images/s of the project's UNet under `policy`, XLA on."""
     import keras
 
-    import utils_func as uf
     from segmentation_model import build_unet
 
     keras.mixed_precision.set_global_policy(policy)

@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+import utils_func as uf
+
 
 def latency_ms(fn, x: np.ndarray, repeats: int) -> float:
     """Median milliseconds of `fn(x)` after two warm-up calls."""
@@ -55,8 +57,8 @@ def _time(fn, x):
 
 def real_photos(data_dir: str, size: int, count: int) -> np.ndarray:
     """The left halves of the last `count` pairs in `data_dir`, resized."""
-    from data_pipeline import list_images
-    from prediction import read_photo, resize_photo, split_pair
+    from cityscapes_unet.data.files import list_images
+    from cityscapes_unet.io import read_photo, resize_photo, split_pair
 
     files = list_images(data_dir)[-count:]
     return np.stack([resize_photo(split_pair(read_photo(f))[0], size) for f in files]).astype(np.float32)
@@ -64,7 +66,7 @@ def real_photos(data_dir: str, size: int, count: int) -> np.ndarray:
 
 def measure(name: str, model, photos: np.ndarray, repeats: int, workdir: str) -> dict:
     """Time one Keras model and its OpenVINO export; compare their argmax."""
-    from model_export import _openvino_engine
+    from cityscapes_unet.infer.engines import _openvino_engine
 
     xml = os.path.join(workdir, f"{name.split()[0]}.xml")
     model.export(xml, format="openvino", verbose=False)
@@ -124,9 +126,8 @@ def main() -> None:
 
     import keras
 
-    import utils_func as uf
+    from cityscapes_unet.train.config import cpu_has_bf16_matmul
     from segmentation_model import build_unet
-    from training import cpu_has_bf16_matmul
 
     models = []
     trained = keras.models.load_model(args.model, compile=False)
@@ -148,7 +149,7 @@ def main() -> None:
             for engine in ("keras", "openvino"):
                 print(f"{name:44s} {engine:9s} {row[f'{engine}_ms']:10.1f} {row[f'{engine}_ips']:10.1f}")
     if args.predict_files:
-        from data_pipeline import list_images
+        from cityscapes_unet.data.files import list_images
 
         files = list_images(args.data_dir)[-args.predict_files :]
         print(

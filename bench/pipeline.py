@@ -24,6 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+import utils_func as uf
+
 
 def baseline_batches(files: list[str], size: int, batch: int, palette: np.ndarray, train_ids: np.ndarray):
     """The common style: generator, cv2, per-pixel nearest colour in NumPy."""
@@ -75,8 +77,8 @@ def main() -> None:
 
     import tensorflow as tf
 
-    import utils_func as uf
-    from data_pipeline import decoded_dataset, list_images, make_dataset, to_model_inputs
+    from cityscapes_unet.data.files import list_images
+    from cityscapes_unet.data.tf_pipeline import decoded_dataset, make_dataset, to_model_inputs
 
     files = list_images(args.data_dir)[: args.limit]
     if not files:
@@ -104,7 +106,7 @@ def main() -> None:
 
     # Label decoding alone, both methods on the same label halves (already
     # in memory), alternating: the table against the palette search.
-    from data_pipeline import tf_colors_to_ids
+    from cityscapes_unet.data.tf_pipeline import tf_colors_to_ids
 
     pairs = [
         tf.io.decode_jpeg(tf.io.read_file(f), channels=3, dct_method="INTEGER_ACCURATE")

@@ -52,9 +52,11 @@ def main() -> None:
     import keras
     import numpy as np
 
-    from evaluation import evaluate_files, resolve_eval_files, scores
-    from segmentation_model import inference_model, tta_sizes
-    from training import DEPTH, TTAS
+    from cityscapes_unet.data.source import resolve_eval_files
+    from cityscapes_unet.infer.evaluate import evaluate_files
+    from cityscapes_unet.infer.metrics import scores
+    from cityscapes_unet.infer.saved_model import inference_model, tta_sizes
+    from cityscapes_unet.train.config import DEPTH, TTAS
 
     options = []
     for spec in args.options.split(","):
@@ -77,10 +79,9 @@ def main() -> None:
     # applied relative to it.
     saved_alpha = float(cfg.get("logit_adjust", 0.0)) if weights is not None else 0.0
     if args.train_pairs:
-        from training import TrainConfig, find_data
+        from cityscapes_unet.data.source import find_data
 
-        fields = {k: cfg[k] for k in TrainConfig.__dataclass_fields__ if k in cfg}
-        train = find_data(TrainConfig(**fields))[0]
+        train = find_data(cfg["data_dir"], cfg.get("limit"), cfg["val_split"], cfg["seed"])[0]
         picks = np.random.default_rng(0).choice(len(train), min(args.train_pairs, len(train)), replace=False)
         files, where = [train[i] for i in sorted(picks)], "the run's training split (seed 0)"
     else:

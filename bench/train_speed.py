@@ -53,13 +53,13 @@ def measure(files, size, base, batch, policy, xla, steps, loss="ce"):
     import keras
     import numpy as np
 
-    from data_pipeline import make_dataset
-    from training import TrainConfig, build_and_compile
+    from cityscapes_unet.data.tf_pipeline import make_dataset
+    from cityscapes_unet.train.config import TrainConfig
+    from cityscapes_unet.train.run import build_and_compile
 
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    import losses
-    import training
+    from cityscapes_unet.train import losses as training
 
     variant = LOSS_VARIANTS.get(loss)
     cfg = TrainConfig(
@@ -67,7 +67,7 @@ def measure(files, size, base, batch, policy, xla, steps, loss="ce"):
     )
     make_loss = training.make_loss
     if variant:
-        training.make_loss = lambda weights, kind: losses.CrossEntropyLovasz(list(weights), **variant)
+        training.make_loss = lambda weights, kind: training.CrossEntropyLovasz(list(weights), **variant)
     try:
         # Class weights, as in a default run (their values do not change the cost).
         model = build_and_compile(cfg, steps, np.ones(19, "float32"), jit_compile=xla)
@@ -117,8 +117,8 @@ def main() -> None:
             p.error(f"--precisions: {item!r} is not POLICY:on or POLICY:off")
         precisions.append((policy, xla == "on"))
 
-    from data_pipeline import list_images
-    from training import cpu_has_bf16_matmul
+    from cityscapes_unet.data.files import list_images
+    from cityscapes_unet.train.config import cpu_has_bf16_matmul
 
     files = list_images(args.data_dir)
     print(f"CPU: {os.cpu_count()} cores, bf16 matrix units: {cpu_has_bf16_matmul()}")

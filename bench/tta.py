@@ -44,10 +44,11 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from data_pipeline import decode_pair
-    from evaluation import confusion_matrix, resolve_eval_files, scores
+    from cityscapes_unet.data.source import resolve_eval_files
+    from cityscapes_unet.data.tf_pipeline import decode_pair
+    from cityscapes_unet.infer.metrics import confusion_matrix, scores
+    from cityscapes_unet.train.config import DEPTH
     from segmentation_model import build_unet, widths_from_base
-    from training import DEPTH
 
     with open(os.path.join(os.path.dirname(os.path.abspath(args.model)), "config.json")) as f:
         cfg = json.load(f)

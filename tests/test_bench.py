@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import utils_func as uf
 from conftest import ROOT, write_pairs
 
 pytest.importorskip("tensorflow")
@@ -38,7 +39,6 @@ def test_inference_bench_tiny(tmp_path):
     pytest.importorskip("openvino")
     import keras
 
-    import utils_func as uf
     from segmentation_model import build_unet
 
     write_pairs(tmp_path / "pairs", 4, size=32)

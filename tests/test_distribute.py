@@ -116,15 +116,16 @@ def test_two_workers_on_localhost_match_one(data_and_single):
 
 
 def test_distribute_errors_are_one_line(tmp_path, data_and_single, monkeypatch):
-    import distribute
+    from cityscapes_unet import errors
+    from cityscapes_unet.train import distribute
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(distribute.DistributeError, match="^--distribute multiworker: set TF_CONFIG on each"):
+    with pytest.raises(errors.DistributeError, match="^--distribute multiworker: set TF_CONFIG on each"):
         distribute.setup("multiworker")
     monkeypatch.setenv("TF_CONFIG", "{not json")
-    with pytest.raises(distribute.DistributeError, match="TF_CONFIG is not valid JSON"):
+    with pytest.raises(errors.DistributeError, match="TF_CONFIG is not valid JSON"):
         distribute.setup("multiworker")
-    with pytest.raises(distribute.DistributeError, match="only with --distribute mirrored"):
+    with pytest.raises(errors.DistributeError, match="only with --distribute mirrored"):
         distribute.setup("none", cpu_replicas=2)
     monkeypatch.delenv("TF_CONFIG")
     # From the command line: one line, exit code 2, no traceback.

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
+from cityscapes_unet.infer.metrics import category_confusion, confusion_matrix, markdown_report, scores
 from conftest import TINY, run_main
-from evaluation import category_confusion, confusion_matrix, markdown_report, scores
 
 
 def test_scores_hand_worked_with_void():
@@ -104,8 +104,8 @@ def test_full_resolution_scores_hand_checked(tmp_path):
     label-size matrix holds every labelled full-size pixel in column 0."""
     import keras
 
+    from cityscapes_unet.infer.evaluate import evaluate_files
     from conftest import write_pairs
-    from evaluation import evaluate_files
 
     paths = write_pairs(tmp_path / "pairs", 3, size=32)
     inputs = keras.Input((16, 16, 3))
@@ -127,8 +127,8 @@ def test_full_resolution_scores_hand_checked(tmp_path):
 def test_full_resolution_equals_model_size_when_sizes_match(tmp_path):
     import keras
 
+    from cityscapes_unet.infer.evaluate import evaluate_files
     from conftest import write_pairs
-    from evaluation import evaluate_files
     from segmentation_model import build_unet
 
     paths = write_pairs(tmp_path / "pairs", 5, size=32)

@@ -40,8 +40,8 @@ def _photos(folder, count=3):
 
 def test_export_openvino_then_predict_agrees_with_keras(model_dir, tmp_path, capsys):
     # In-process (the command line around it is tested below): faster.
-    from model_export import run_export
-    from prediction import run_predict
+    from cityscapes_unet.infer.export import run_export
+    from cityscapes_unet.infer.predict import run_predict
 
     model = model_dir / "unet_model.keras"
     result = run_export(str(model))
@@ -94,7 +94,7 @@ def test_engine_errors_are_one_line(model_dir, tmp_path):
 
 def test_export_saved_model(model_dir, tmp_path):
     tf = pytest.importorskip("tensorflow")
-    from model_export import run_export
+    from cityscapes_unet.infer.export import run_export
 
     out = tmp_path / "sm"
     run_export(str(model_dir / "unet_model.keras"), "tf_saved_model", str(out))
@@ -109,8 +109,8 @@ def test_export_openvino_of_a_model_at_source_size(tmp_path, flip):
     # The saved model of a run below the data's size: area resize in,
     # bilinear scores out (segmentation_model.at_source_size); with the
     # mirrored photo's scores averaged in, as `--tta flip` saves it.
-    from model_export import run_export
-    from segmentation_model import at_source_size
+    from cityscapes_unet.infer.export import run_export
+    from cityscapes_unet.infer.saved_model import at_source_size
 
     keras.utils.set_random_seed(6)
     core = build_unet(16, uf.NUM_CLASSES, (4, 8), 16)

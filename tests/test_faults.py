@@ -14,10 +14,11 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-import run_folder  # noqa: E402
-from callbacks import BestModelCheckpoint, HistoryCSV, ResumeState, StopOnNonFinite  # noqa: E402
+from cityscapes_unet import errors
+from cityscapes_unet.data.files import check_pair, scan_pairs  # noqa: E402
+from cityscapes_unet.train import outputs
+from cityscapes_unet.train.callbacks import BestModelCheckpoint, HistoryCSV, ResumeState, StopOnNonFinite  # noqa: E402
 from conftest import ROOT, TINY, run_main, write_pairs  # noqa: E402
-from pair_files import check_pair, scan_pairs  # noqa: E402
 from segmentation_model import build_unet  # noqa: E402
 
 FAST = (*TINY, "--num-preds", 1, "--progress-every", 0)
@@ -179,12 +180,12 @@ def _hold_lock(folder):
 def test_lock_refuses_a_second_holder_and_not_after_a_kill(tmp_path):
     holder = _hold_lock(tmp_path / "o")
     try:
-        with pytest.raises(run_folder.FolderInUse, match=f"in use by process {holder.pid}"):
-            run_folder.RunLock(str(tmp_path / "o"))
+        with pytest.raises(errors.FolderInUse, match=f"in use by process {holder.pid}"):
+            outputs.RunLock(str(tmp_path / "o"))
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    run_folder.RunLock(str(tmp_path / "o")).release()  # the killed holder's lock went with it
+    outputs.RunLock(str(tmp_path / "o")).release()  # the killed holder's lock went with it
 
 
 # 6-7. Earlier runs: an unfinished one is refused, a finished one kept whole.

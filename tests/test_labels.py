@@ -82,7 +82,7 @@ def test_blend_between_distant_classes_is_ignored():
 
 def test_tf_decoder_matches_numpy():
     tf = pytest.importorskip("tensorflow")
-    from data_pipeline import tf_colors_to_ids
+    from cityscapes_unet.data.tf_pipeline import tf_colors_to_ids
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (40, 50, 3)).astype(np.uint8)

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from losses import CrossEntropyDice
+from cityscapes_unet.train.losses import CrossEntropyDice
 
 
 def _onehot(ids, c=3):
@@ -50,9 +50,10 @@ def test_ce_dice_class_weights_scale_the_ce_term():
 @pytest.mark.parametrize("loss", ["ce_dice", "ce_lovasz"])
 def test_model_trains_and_loads_without_project(tmp_path, loss):
     pytest.importorskip("tensorflow")
+    from cityscapes_unet.data.tf_pipeline import make_dataset
+    from cityscapes_unet.train.config import TrainConfig
+    from cityscapes_unet.train.run import build_and_compile
     from conftest import write_pairs
-    from data_pipeline import make_dataset
-    from training import TrainConfig, build_and_compile
 
     keras.utils.set_random_seed(0)
     cfg = TrainConfig(
@@ -68,7 +69,7 @@ def test_model_trains_and_loads_without_project(tmp_path, loss):
     ds = make_dataset(write_pairs(tmp_path, 8), 32, 8, training=True, seed=0, augment=False)
     hist = model.fit(ds, epochs=20, verbose=0, shuffle=False).history["loss"]
     assert all(np.isfinite(hist)) and np.mean(hist[-3:]) < 0.7 * np.mean(hist[:3])
-    from segmentation_model import at_source_size
+    from cityscapes_unet.infer.saved_model import at_source_size
 
     model.save(tmp_path / "m.keras")
     # What a run below the data's size saves: the wrapper around the trained core.
@@ -111,7 +112,7 @@ def _lovasz_brute(y, p):
 
 
 def test_lovasz_hand_worked_two_pixels():
-    from losses import lovasz_softmax
+    from cityscapes_unet.train.losses import lovasz_softmax
 
     # Two pixels, both class 0, predicted 0.8 and 0.4 for it. Errors sorted:
     # 0.6 (second pixel), 0.2. Jaccard losses after 1 and 2 pixels: 1 - 1/2
@@ -123,7 +124,7 @@ def test_lovasz_hand_worked_two_pixels():
 
 
 def test_lovasz_matches_definition_and_ignores_void():
-    from losses import CrossEntropyLovasz, lovasz_softmax
+    from cityscapes_unet.train.losses import CrossEntropyLovasz, lovasz_softmax
 
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 3, (2, 4, 6))
@@ -153,7 +154,7 @@ def test_lovasz_matches_definition_and_ignores_void():
 @pytest.mark.parametrize("confident", [False, True])
 def test_binned_lovasz_matches_the_exact_sort_in_value_and_gradient(confident):
     tf = pytest.importorskip("tensorflow")
-    from losses import lovasz_softmax
+    from cityscapes_unet.train.losses import lovasz_softmax
 
     # Spread-out predictions, and confident ones (errors crowd near 0 and 1,
     # many to a bin), with void pixels.
@@ -187,7 +188,7 @@ def test_binned_lovasz_matches_the_exact_sort_in_value_and_gradient(confident):
 
 
 def test_binned_lovasz_is_exact_when_every_error_has_its_own_bin():
-    from losses import lovasz_softmax
+    from cityscapes_unet.train.losses import lovasz_softmax
 
     # The hand-worked case above: errors 0.6 and 0.2 fall in different bins.
     y = np.array([[[[1, 0], [1, 0]]]], np.float32)

@@ -62,7 +62,7 @@ def test_loss_ignores_void_pixels():
 
 
 def test_weighted_loss_is_class_weighted_ce_and_ignores_void():
-    from training import make_loss
+    from cityscapes_unet.train.losses import make_loss
 
     weights = np.array([2.0, 0.5, 1.0], "float32")
     loss = make_loss(weights)
@@ -75,7 +75,8 @@ def test_weighted_loss_is_class_weighted_ce_and_ignores_void():
 
 def test_compiled_model_metrics_exclude_void():
     """The figures Keras reports during fit/evaluate match a hand count."""
-    from training import TrainConfig, build_and_compile
+    from cityscapes_unet.train.config import TrainConfig
+    from cityscapes_unet.train.run import build_and_compile
 
     keras.utils.set_random_seed(0)
     model = build_and_compile(TrainConfig(image_size=16, base_filters=4, epochs=1), steps_per_epoch=1)
@@ -99,7 +100,8 @@ def test_uint8_batches_score_like_float32():
     # them in the step. Loss and metrics must equal those of float32 inputs.
     import tensorflow as tf
 
-    from training import TrainConfig, build_and_compile
+    from cityscapes_unet.train.config import TrainConfig
+    from cityscapes_unet.train.run import build_and_compile
 
     keras.utils.set_random_seed(0)
     cfg = TrainConfig(image_size=32, base_filters=4, batch_size=4, epochs=1, schedule="constant")

@@ -4,14 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from segmentation_model import (
-    CLASSIC_WIDTHS,
-    bottleneck,
-    build_unet,
-    down_block,
-    up_block,
-    widths_from_base,
-)
+from segmentation_model import CLASSIC_WIDTHS, bottleneck, build_unet, down_block, up_block, widths_from_base
 
 
 def test_down_block_shapes_and_names():
@@ -115,7 +108,7 @@ def _all_layers(model):
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_float32_copy_of_a_mixed_precision_model(policy):
-    from segmentation_model import at_source_size, float32_copy
+    from cityscapes_unet.infer.saved_model import at_source_size, float32_copy
 
     keras.mixed_precision.set_global_policy(policy)
     try:
@@ -180,7 +173,7 @@ def test_encoder_unet_shapes_and_preprocessing(encoder):
 @pytest.mark.parametrize("source, size", [(256, 96), (256, 100), (32, 16), (24, 16), (16, 32)])
 def test_at_source_size_resizes_like_the_pipeline(source, size):
     tf = pytest.importorskip("tensorflow")
-    from segmentation_model import area_matrix, at_source_size
+    from cityscapes_unet.infer.saved_model import area_matrix, at_source_size
 
     np.testing.assert_allclose(area_matrix(source, size).sum(1), 1.0, atol=1e-6)
     core = build_unet(size, widths=(4, 8))
@@ -199,7 +192,7 @@ def test_at_source_size_resizes_like_the_pipeline(source, size):
 @pytest.mark.parametrize("source, size", [(256, 96), (24, 16), (32, 32)])
 def test_at_source_size_with_flip_averages_the_mirrored_scores(source, size):
     tf = pytest.importorskip("tensorflow")
-    from segmentation_model import at_source_size
+    from cityscapes_unet.infer.saved_model import at_source_size
 
     core = build_unet(size, widths=(4, 8))
     rng = np.random.default_rng(source + size)
@@ -222,7 +215,7 @@ def test_at_source_size_with_flip_averages_the_mirrored_scores(source, size):
 
 
 def test_at_source_size_of_a_model_at_that_size_is_an_uncompiled_view():
-    from segmentation_model import at_source_size
+    from cityscapes_unet.infer.saved_model import at_source_size
 
     core = build_unet(32, widths=(4, 8))
     core.compile(optimizer="adam", loss="categorical_crossentropy")
@@ -245,7 +238,7 @@ def _random_unet(size, seed=0):
 
 
 def test_tta_sizes():
-    from segmentation_model import tta_sizes
+    from cityscapes_unet.infer.saved_model import tta_sizes
 
     assert tta_sizes(96, 1) == (96,)
     assert tta_sizes(96, 2) == (96, 112)  # 96 * 7/6 = 112
@@ -254,7 +247,7 @@ def test_tta_sizes():
 
 
 def test_any_size_copy_runs_the_same_weights_at_other_sizes():
-    from segmentation_model import any_size_copy
+    from cityscapes_unet.infer.saved_model import any_size_copy
 
     core = _random_unet(16)
     free = any_size_copy(core)
@@ -275,7 +268,7 @@ def test_any_size_copy_runs_the_same_weights_at_other_sizes():
 
 def test_at_source_size_with_two_sizes_averages_both():
     tf = pytest.importorskip("tensorflow")
-    from segmentation_model import any_size_copy, at_source_size
+    from cityscapes_unet.infer.saved_model import any_size_copy, at_source_size
 
     core = any_size_copy(_random_unet(32, seed=3))
     model = at_source_size(core, 64, flip=True, sizes=(32, 48))
@@ -294,7 +287,7 @@ def test_at_source_size_with_two_sizes_averages_both():
 
 
 def test_with_logit_bias_shifts_the_scores_before_the_softmax():
-    from segmentation_model import with_logit_bias
+    from cityscapes_unet.infer.saved_model import with_logit_bias
 
     core = _random_unet(16, seed=5)
     bias = np.linspace(-2, 2, 19).astype("float32")
@@ -310,7 +303,7 @@ def test_with_logit_bias_shifts_the_scores_before_the_softmax():
 
 
 def test_inference_model_save_load_round_trip(tmp_path):
-    from segmentation_model import inference_model
+    from cityscapes_unet.infer.saved_model import inference_model
 
     core = _random_unet(16, seed=7)
     bias = np.linspace(1, -1, 19)

@@ -9,8 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import ROOT, SHARED_TRAIN, write_pairs
-from numpy_pipeline import (
+from cityscapes_unet.data.numpy_pipeline import (
     PairDataset,
     class_frequencies_np,
     decode_pair_np,
@@ -18,6 +17,7 @@ from numpy_pipeline import (
     resize_area,
     resize_nearest,
 )
+from conftest import ROOT, SHARED_TRAIN, write_pairs
 from utils_func import CLASSES, IGNORE_ID, NUM_CLASSES
 
 # TensorFlow's area kernel is reproduced operation by operation in float32;
@@ -40,7 +40,7 @@ def assert_photo_close(ours, theirs):
 
 
 def assert_same_as_tf(tf, path, size):
-    from data_pipeline import decode_pair
+    from cityscapes_unet.data.tf_pipeline import decode_pair
 
     photo, ids, full = decode_pair_np(path, size, full_labels=True)
     t_photo, t_ids, t_full = (t.numpy() for t in decode_pair(tf.constant(str(path)), size, full_labels=True))
@@ -81,7 +81,8 @@ def test_area_resize_matches_tf(tf, n_in, n_out):
 
 @pytest.mark.skipif(not os.path.isdir(SHARED_TRAIN), reason="real pairs not present")
 def test_real_pairs_decode_like_tf(tf):
-    from data_pipeline import class_frequencies, decoded_dataset, list_images
+    from cityscapes_unet.data.files import list_images
+    from cityscapes_unet.data.tf_pipeline import class_frequencies, decoded_dataset
 
     files = list_images(SHARED_TRAIN)
     files = files[:: max(1, len(files) // 8)][:8]
@@ -99,7 +100,7 @@ def test_synthetic_pairs_decode_like_tf(tf, tmp_path, size):
 
 
 def test_class_frequencies_match_tf(tf, tmp_path):
-    from data_pipeline import class_frequencies, decoded_dataset
+    from cityscapes_unet.data.tf_pipeline import class_frequencies, decoded_dataset
 
     files = write_pairs(tmp_path, 6, size=32)
     ds = PairDataset(files, 24, 4, training=True)
@@ -277,7 +278,7 @@ def test_run_samples_at_the_run_size_or_the_data_size(tmp_path, pipeline):
     panels, drawn by the saved model, at the data's own size."""
     if pipeline == "tf":
         pytest.importorskip("tensorflow")
-    from data_source import from_pairs
+    from cityscapes_unet.data.source import from_pairs
 
     files = write_pairs(tmp_path, 6, size=32)
     data = from_pairs(files[:4], files[4:], "test", 16, 2, 0, "none", pipeline)

@@ -7,16 +7,9 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
+from cityscapes_unet.data.files import check_pair, jpeg_header, list_images, split_train_val  # noqa: E402
+from cityscapes_unet.data.tf_pipeline import decode_pair, make_dataset, to_model_inputs  # noqa: E402
 from conftest import make_pair, write_pairs  # noqa: E402
-from data_pipeline import (  # noqa: E402
-    check_pair,
-    decode_pair,
-    jpeg_header,
-    list_images,
-    make_dataset,
-    split_train_val,
-    to_model_inputs,
-)
 
 
 def test_decode_pair_full_size_matches_drawn_ids(tmp_path):
@@ -157,7 +150,7 @@ def test_corrupt_body_is_dropped_not_fatal(tmp_path):
 
 
 def test_class_frequencies_leave_out_void(tmp_path):
-    from data_pipeline import class_frequencies, decoded_dataset
+    from cityscapes_unet.data.tf_pipeline import class_frequencies, decoded_dataset
 
     paths = write_pairs(tmp_path, 3, size=32)
     freq = class_frequencies(decoded_dataset(paths, 32))
@@ -171,7 +164,7 @@ def test_full_augment_keeps_photo_and_ids_aligned():
     """Photo and ids get the same zoom, crop and flip; ids stay class ids."""
     import tensorflow as tf
 
-    from data_pipeline import augment_pair
+    from cityscapes_unet.data.tf_pipeline import augment_pair
 
     # Vertical and horizontal bands: each class has its own grey level, so a
     # misaligned crop or flip would show up as photo/ids disagreement.
@@ -215,7 +208,7 @@ def test_full_augment_keeps_photo_and_ids_aligned():
 
 
 def test_make_dataset_full_augment_runs(tmp_path):
-    from data_pipeline import make_dataset
+    from cityscapes_unet.data.tf_pipeline import make_dataset
 
     paths = write_pairs(tmp_path, 6, size=32)
     x, y, w = next(iter(make_dataset(paths, 32, 3, training=True, seed=1, augment="full")))

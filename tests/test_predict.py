@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 import utils_func as uf
+from cityscapes_unet.infer.metrics import probabilities_to_ids
+from cityscapes_unet.infer.predict import overlay
+from cityscapes_unet.io import read_photo, split_pair
 from conftest import make_pair, run_main, write_pairs
-from prediction import overlay, probabilities_to_ids, read_photo, split_pair
 from segmentation_model import build_unet
 
 

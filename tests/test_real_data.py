@@ -5,13 +5,14 @@ import os
 import numpy as np
 import pytest
 
+import utils_func as uf
 from conftest import SHARED_TRAIN
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(SHARED_TRAIN), reason="real pairs not present")
 
 
 def _sample(n=40):
-    from data_pipeline import list_images
+    from cityscapes_unet.data.files import list_images
 
     files = list_images(SHARED_TRAIN)
     return files[:: max(1, len(files) // n)][:n]
@@ -19,7 +20,7 @@ def _sample(n=40):
 
 def test_decoded_class_frequencies_are_plausible():
     tf = pytest.importorskip("tensorflow")
-    from data_pipeline import decode_pair
+    from cityscapes_unet.data.tf_pipeline import decode_pair
 
     counts = np.zeros(256)
     for f in _sample():
@@ -36,8 +37,7 @@ def test_decoded_class_frequencies_are_plausible():
 def test_tf_and_numpy_decoders_agree_on_real_pairs():
     tf = pytest.importorskip("tensorflow")
     cv2 = pytest.importorskip("cv2")
-    import utils_func as uf
-    from data_pipeline import tf_colors_to_ids
+    from cityscapes_unet.data.tf_pipeline import tf_colors_to_ids
 
     for f in _sample(5):
         img = cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB)
@@ -51,8 +51,8 @@ def test_tf_and_numpy_decoders_agree_on_real_pairs():
 
 def test_resized_ids_equal_those_of_the_full_decode_on_real_pairs():
     tf = pytest.importorskip("tensorflow")
-    from data_pipeline import decode_pair
-    from numpy_pipeline import decode_pair_np
+    from cityscapes_unet.data.numpy_pipeline import decode_pair_np
+    from cityscapes_unet.data.tf_pipeline import decode_pair
 
     for f in _sample(8):
         for size in (96, 112):

@@ -15,9 +15,10 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from callbacks import BestModelCheckpoint, TrainingError  # noqa: E402
+from cityscapes_unet.data.files import check_pair, scan_pairs  # noqa: E402
+from cityscapes_unet.errors import TrainingError  # noqa: E402
+from cityscapes_unet.train.callbacks import BestModelCheckpoint  # noqa: E402
 from conftest import ROOT, TINY, run_main, write_pairs  # noqa: E402
-from data_pipeline import check_pair, scan_pairs  # noqa: E402
 from segmentation_model import build_unet  # noqa: E402
 
 

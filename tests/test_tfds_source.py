@@ -14,15 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import data_pipeline
-import tfds_source
+from cityscapes_unet.data import tf_pipeline as data_pipeline
+from cityscapes_unet.data import tfds as tfds_source
+from cityscapes_unet.data.tfds import LABEL_ID_TO_TRAIN_ID, load_cityscapes, num_examples, sample_pairs
 from conftest import write_pairs
-from tfds_source import (
-    LABEL_ID_TO_TRAIN_ID,
-    load_cityscapes,
-    num_examples,
-    sample_pairs,
-)
 from utils_func import IGNORE_ID, LABELS, NUM_CLASSES
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -198,7 +193,8 @@ def test_training_end_to_end_on_mock_cityscapes(mocked, tmp_path):
     """`--dataset tfds-cityscapes`: the same training, metrics and outputs, from TFDS."""
     import json
 
-    from training import TrainConfig, run_training
+    from cityscapes_unet.train.config import TrainConfig
+    from cityscapes_unet.train.run import run_training
 
     out = tmp_path / "run"
     cfg = TrainConfig(

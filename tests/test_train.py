@@ -12,10 +12,12 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from callbacks import BestModelCheckpoint  # noqa: E402
+from cityscapes_unet.data.tf_pipeline import make_dataset  # noqa: E402
+from cityscapes_unet.errors import UsageError  # noqa: E402
+from cityscapes_unet.train.callbacks import BestModelCheckpoint  # noqa: E402
+from cityscapes_unet.train.config import TrainConfig  # noqa: E402
+from cityscapes_unet.train.run import build_and_compile  # noqa: E402
 from conftest import TINY, TINY_DEFAULT_XLA, run_main, write_pairs  # noqa: E402
-from data_pipeline import make_dataset  # noqa: E402
-from training import TrainConfig, UsageError, build_and_compile  # noqa: E402
 
 
 def _tiny_model(steps=1, epochs=1, class_weights=None, loss="ce_lovasz"):
@@ -67,7 +69,7 @@ def test_checkpoint_replaces_only_on_improvement(tmp_path):
 
 @pytest.mark.parametrize("loss", ["ce_lovasz", "ce"])
 def test_save_load_in_fresh_process_without_project(tmp_path, loss):
-    from segmentation_model import at_source_size
+    from cityscapes_unet.infer.saved_model import at_source_size
 
     keras.utils.set_random_seed(1)
     model = _tiny_model(class_weights=np.linspace(0.5, 3, 19), loss=loss)
@@ -96,7 +98,7 @@ def test_save_load_in_fresh_process_without_project(tmp_path, loss):
         "    c = keras.models.load_model('compiled.keras')\n"  # compile=True: loss and metrics too
         "    np.testing.assert_allclose(c.predict(np.load('x.npy'), verbose=0), np.load('y.npy'), atol=1e-5)\n"
         "    print('loss', c.loss.__class__.__name__, c.loss.alpha[-1])\n"
-        "for mod in ('segmentation_model', 'training', 'utils_func', 'losses'):\n"
+        "for mod in ('segmentation_model', 'cityscapes_unet', 'utils_func'):\n"
         "    assert mod not in sys.modules\n"
         "print('OK')\n"
     )
@@ -129,7 +131,7 @@ def test_main_end_to_end_tiny(tiny_data, tmp_path):
     if keras.backend.backend() == "tensorflow":
         # auto: float32 on CPUs without bf16 units, compiled with XLA there;
         # mixed_bfloat16 on CPUs with them, left to Keras (oneDNN's kernels).
-        from training import cpu_has_bf16_matmul
+        from cityscapes_unet.train.config import cpu_has_bf16_matmul
 
         xla = "Keras' choice" if cpu_has_bf16_matmul() else "on"
         assert f"XLA: {xla} (--xla auto)" in r.stdout
@@ -310,7 +312,7 @@ def test_plot_from_history_without_retraining(tmp_path):
 
 
 def test_xla_choice():
-    from training import resolve_xla
+    from cityscapes_unet.train.config import resolve_xla
 
     assert resolve_xla("on", on_gpu=True) is True
     assert resolve_xla("off", on_gpu=False, policy="mixed_bfloat16") is False
@@ -340,7 +342,7 @@ def test_warmup_cosine_schedule():
 
 
 def test_plateau_and_early_stop_watch_validation_mean_iou():
-    from training import schedule_callbacks
+    from cityscapes_unet.train.run import schedule_callbacks
 
     cfg = TrainConfig(image_size=32, base_filters=4, learning_rate=1e-2, schedule="plateau", early_stop=2)
     model = build_and_compile(cfg, steps_per_epoch=1)
@@ -359,7 +361,7 @@ def test_plateau_and_early_stop_watch_validation_mean_iou():
 
 
 def test_focal_loss_hand_worked_and_ignores_void():
-    from training import make_loss
+    from cityscapes_unet.train.losses import make_loss
 
     loss = make_loss(np.array([2.0] + [1.0] * 18, np.float32), "focal")
     assert isinstance(loss, keras.losses.CategoricalFocalCrossentropy)
@@ -374,7 +376,7 @@ def test_focal_loss_hand_worked_and_ignores_void():
 
 
 def test_encoder_model_offline_falls_back_to_random_weights(tmp_path, capsys):
-    from training import build_model
+    from cityscapes_unet.train.run import build_model
 
     cfg = TrainConfig(image_size=32, batch_size=2, encoder="efficientnetb0")
     model = build_model(cfg)
@@ -389,7 +391,7 @@ def test_encoder_model_offline_falls_back_to_random_weights(tmp_path, capsys):
 
 
 def test_autosize_takes_the_largest_size_that_fits():
-    from training import choose_autosize, measure_step_rate, projected_run_seconds
+    from cityscapes_unet.train.config import choose_autosize, measure_step_rate, projected_run_seconds
 
     # The CPU default's measured run: 18.8 images/s; 10 epochs over 2529 +
     # 446 pairs took 26.5 min.
@@ -428,11 +430,11 @@ def test_autosize_takes_the_largest_size_that_fits():
     ],
 )
 def test_cpu_defaults_follow_the_precision(monkeypatch, precision, bf16_units, expected):
-    import training
+    from cityscapes_unet.train import config
 
-    monkeypatch.setattr(training, "cpu_has_bf16_matmul", lambda: bf16_units)
-    cfg, policy, reasons = training.resolve_config(training.TrainConfig(precision=precision), on_gpu=False)
-    defaults = getattr(training, expected[1])
+    monkeypatch.setattr(config, "cpu_has_bf16_matmul", lambda: bf16_units)
+    cfg, policy, reasons = config.resolve_config(config.TrainConfig(precision=precision), on_gpu=False)
+    defaults = getattr(config, expected[1])
     assert policy == expected[0]
     assert (cfg.image_size, cfg.base_filters, cfg.batch_size) == tuple(
         defaults[k] for k in ("image_size", "base_filters", "batch_size")
@@ -441,15 +443,15 @@ def test_cpu_defaults_follow_the_precision(monkeypatch, precision, bf16_units, e
     # The short CPU runs underfit: no flip unless asked for.
     assert cfg.augment == "none" and any(r.startswith("augment = none (CPU") for r in reasons)
     # What is given on the command line stays.
-    cfg, _, _ = training.resolve_config(
-        training.TrainConfig(precision=precision, base_filters=8, augment="flip"), on_gpu=False
+    cfg, _, _ = config.resolve_config(
+        config.TrainConfig(precision=precision, base_filters=8, augment="flip"), on_gpu=False
     )
     assert cfg.base_filters == 8 and cfg.augment == "flip"
     # Residual blocks on the bf16 CPU default; a given --block stays.
     assert cfg.block == defaults["block"] == ("residual" if expected[1] == "CPU_BF16_DEFAULTS" else "plain")
-    assert training.resolve_config(training.TrainConfig(block="plain"), on_gpu=False)[0].block == "plain"
+    assert config.resolve_config(config.TrainConfig(block="plain"), on_gpu=False)[0].block == "plain"
     # A GPU's longer runs keep the flip, and the classic (plain) UNet.
-    gpu = training.resolve_config(training.TrainConfig(precision="mixed_float16"), on_gpu=True)[0]
+    gpu = config.resolve_config(config.TrainConfig(precision="mixed_float16"), on_gpu=True)[0]
     assert gpu.augment == "flip" and gpu.block == "plain"
 
 
@@ -461,7 +463,7 @@ def test_cpu_defaults_follow_the_precision(monkeypatch, precision, bf16_units, e
     ],
 )
 def test_autosize_on_sizes_the_run(tiny_data, tmp_path, monkeypatch, capsys, rates, chosen):
-    import training
+    from cityscapes_unet.train import config, run
 
     monkeypatch.setattr(training, "AUTOSIZE_LADDER", ((32, 4), (32, 8), (64, 8)))
     losses_timed = []
@@ -469,7 +471,7 @@ def test_autosize_on_sizes_the_run(tiny_data, tmp_path, monkeypatch, capsys, rat
         training, "measure_step_rate", lambda s, f, b, j, loss: losses_timed.append(loss) or rates[(s, f)]
     )
     out_dir = tmp_path / "out"
-    cfg = training.TrainConfig(
+    cfg = config.TrainConfig(
         data_dir=str(tiny_data),
         output_dir=str(out_dir),
         epochs=1,
@@ -479,7 +481,7 @@ def test_autosize_on_sizes_the_run(tiny_data, tmp_path, monkeypatch, capsys, rat
         progress_every=0,
         num_preds=1,
     )
-    training.run_training(cfg)
+    run.run_training(cfg)
     saved = json.loads((out_dir / "config.json").read_text())
     assert (saved["image_size"], saved["base_filters"]) == chosen
     assert len(saved["autosize_measured"]) == len(rates) and "over 25 min" in saved["autosize_measured"][-1]
@@ -494,7 +496,7 @@ def test_autosize_on_sizes_the_run(tiny_data, tmp_path, monkeypatch, capsys, rat
 def test_resume_of_a_run_from_before_block_builds_plain_blocks(tmp_path):
     import json
 
-    import training
+    from cityscapes_unet.train import config, run
 
     # config.json of a run written before --block existed: no "block" key.
     saved = {
@@ -505,8 +507,8 @@ def test_resume_of_a_run_from_before_block_builds_plain_blocks(tmp_path):
         "base_filters": 4,
     }
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    cfg, _ = training.resume_config(training.TrainConfig(output_dir=str(tmp_path)), set())
+    cfg, _ = config.resume_config(config.TrainConfig(output_dir=str(tmp_path)), set())
     assert cfg.block == "plain"
-    cfg, _, _ = training.resolve_config(cfg, on_gpu=False)
+    cfg, _, _ = config.resolve_config(cfg, on_gpu=False)
     assert cfg.block == "plain"
-    assert "enc1_add" not in {layer.name for layer in training.build_model(cfg).layers}
+    assert "enc1_add" not in {layer.name for layer in run.build_model(cfg).layers}

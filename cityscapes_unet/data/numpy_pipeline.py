@@ -16,7 +16,7 @@ x86-64 (checked by `tests/test_numpy_pipeline.py`):
   operation by operation. `cv2.INTER_AREA` is not used: it rounds ties
   upwards where TensorFlow rounds them to even (256 -> 128 changes 14% of the
   values by one grey level) and interpolates bilinearly when enlarging.
-- Ids: `colors_to_ids` looks them up in the table of `utils_func.color_lut`,
+- Ids: `colors_to_ids` looks them up in the table of `uf.color_lut`,
   as the tf.data pipeline does, and `resize_nearest` brings them to the
   model's size picking the source pixels of TensorFlow 2's
   `method="nearest"` (half-pixel centres),
@@ -145,9 +145,9 @@ def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
 def colors_to_ids(label_rgb: np.ndarray) -> np.ndarray:
     """Decode a colour label image to trainIds by nearest palette colour.
 
-    `utils_func.colors_to_ids` with its default `MAX_COLOR_DISTANCE`: one
+    `uf.colors_to_ids` with its default `MAX_COLOR_DISTANCE`: one
     lookup per pixel in the exact table of every 24-bit colour
-    (`utils_func.color_lut`), the same table `data_pipeline` gathers from.
+    (`uf.color_lut`), the same table `data_pipeline` gathers from.
 
     Args:
         label_rgb: uint8 array `(H, W, 3)`, RGB.
@@ -221,7 +221,7 @@ def to_model_inputs_np(photo: np.ndarray, ids: np.ndarray, num_classes: int = NU
 
     The counterpart of `data_pipeline.to_model_inputs`. Everything stays
     uint8 (a 256x256 one-hot mask is 1.2 MB instead of 5 MB in the float32
-    of `utils_func.one_hot`); Keras casts inside the training step.
+    of `uf.one_hot`); Keras casts inside the training step.
 
     Args:
         photo: uint8 `(B, H, W, 3)`.
@@ -279,7 +279,7 @@ class PairDataset(keras.utils.PyDataset):
         batch_size: Batch size; the last batch holds the rest.
         training: Shuffle (reshuffled each epoch) and augment when True.
         seed: Seed of the shuffle and the flips.
-        augment: One of `utils_func.AUGMENTS` (training only): `flip`, a
+        augment: One of `uf.AUGMENTS` (training only): `flip`, a
             random horizontal flip, the same draw for photo and ids; `none`.
             True means `flip`, False `none`. `full` is not implemented here
             and raises NotImplementedError in training.

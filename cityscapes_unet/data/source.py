@@ -14,13 +14,16 @@ are the same whichever feeds them:
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from pair_files import jpeg_header
+from cityscapes_unet.data.files import jpeg_header, list_images, scan_pairs, split_train_val
+from cityscapes_unet.data.numpy_pipeline import PairDataset, class_frequencies_np, decode_pair_np
+from cityscapes_unet.errors import TfdsSourceError, UsageError
 
 DATASETS = ("pairs", "tfds-cityscapes")
 PIPELINES = ("auto", "tf", "numpy")
@@ -132,7 +135,7 @@ def from_pairs(
         image_size: Side of the square model input.
         batch_size: Global batch size.
         seed: Seed of the shuffle and augmentation.
-        augment: One of `utils_func.AUGMENTS`.
+        augment: One of `uf.AUGMENTS`.
         pipeline: `tf` or `numpy`.
         pad_to: Pad every batch to a multiple of this with weightless
             samples (data parallelism that needs equal shares).
@@ -143,8 +146,6 @@ def from_pairs(
     height, width, _ = jpeg_header(train_files[0])
     source_size = height if width == 2 * height else None
     if pipeline == "numpy":
-        from numpy_pipeline import PairDataset, class_frequencies_np, decode_pair_np
-
         train = PairDataset(train_files, image_size, batch_size, True, seed, augment, pad_to=pad_to)
         val = PairDataset(val_files, image_size, batch_size, False, pad_to=pad_to)
 
@@ -168,7 +169,7 @@ def from_pairs(
 
     import tensorflow as tf
 
-    from data_pipeline import class_frequencies, decode_pair, decoded_dataset, make_dataset
+    from cityscapes_unet.data.tf_pipeline import class_frequencies, decode_pair, decoded_dataset, make_dataset
 
     decoded = decoded_dataset(train_files, image_size)
 
@@ -208,7 +209,7 @@ def from_tfds(
         image_size: Side of the square model input.
         batch_size: Global batch size.
         seed: Seed of the shuffle and augmentation.
-        augment: One of `utils_func.AUGMENTS`.
+        augment: One of `uf.AUGMENTS`.
         data_dir: TFDS data directory (None: TFDS' default).
         manual_dir: Folder with the downloaded zips (needed once, to prepare).
         limit: Use only the first N examples of each split.
@@ -220,8 +221,8 @@ def from_tfds(
     Raises:
         tfds_source.TfdsSourceError: One line, when the data cannot be read.
     """
-    from data_pipeline import class_frequencies, make_dataset
-    from tfds_source import TfdsSourceError, load_cityscapes, num_examples, sample_pairs
+    from cityscapes_unet.data.tf_pipeline import class_frequencies, make_dataset
+    from cityscapes_unet.data.tfds import load_cityscapes, num_examples, sample_pairs
 
     splits = {}
     for split in ("train", "validation"):
@@ -253,3 +254,105 @@ def from_tfds(
         lambda: class_frequencies(train_dec),
         samples,
     )
+
+
+def find_data(
+    data_dir: str, limit: int | None = 0, val_split: float = 0.15, seed: int = 42
+) -> tuple[list[str], list[str], str, list[tuple[str, str]]]:
+    """Locate the train and validation pair files of `cfg.data_dir`.
+
+    `DIR/train` (else `DIR` itself) holds training pairs; `DIR/val`, when it
+    exists, is the validation split, else a seeded `val_split` fraction of
+    the training pairs is held out.
+
+    Args:
+        data_dir: The data folder (`--data-dir`).
+        limit: Use at most this many files of each split (0: all).
+        val_split: Fraction held out when there is no `val/`.
+        seed: Seed of that hold-out.
+
+    Returns:
+        `(train_files, val_files, val_source, skipped)`.
+
+    Raises:
+        UsageError: If the folder is missing or holds no usable pair.
+    """
+    root = data_dir
+    if not os.path.isdir(root):
+        raise UsageError(f"--data-dir {root}: folder not found (put the Cityscapes pairs in {root}/train)")
+    train_dir = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else root
+    val_dir = os.path.join(root, "val")
+    pool = list_images(train_dir)
+    if limit:
+        pool = pool[:limit]
+    good, skipped = scan_pairs(pool)
+    if not good:
+        what = f"no usable pair among {len(pool)} JPEG files" if pool else "no .jpg files"
+        kaggle = os.path.join(root, "cityscapes_data")
+        if not pool and os.path.isdir(kaggle):
+            raise UsageError(
+                f"--data-dir {root}: {what} in {train_dir}; the pairs are in {kaggle}: pass --data-dir {kaggle}"
+            )
+        raise UsageError(
+            f"--data-dir {root}: {what} in {train_dir} (put the Cityscapes pairs in {root}/train; "
+            "see images/README.md)"
+        )
+    if os.path.isdir(val_dir) and list_images(val_dir):
+        val_pool = list_images(val_dir)
+        if limit:
+            val_pool = val_pool[:limit]
+        val, val_skipped = scan_pairs(val_pool)
+        skipped += val_skipped
+        if not val:
+            raise UsageError(f"--data-dir {root}: no usable pair in {val_dir}")
+        return good, val, f"folder {val_dir}", skipped
+    if len(good) < 2:
+        raise UsageError(
+            f"--data-dir {root}: only {len(good)} usable pair; need 2 or more to hold out validation"
+        )
+    train, val = split_train_val(good, val_split, seed)
+    return train, val, f"seeded {val_split:.0%} of {train_dir} (seed {seed})", skipped
+
+
+def resolve_eval_files(model_path: str, data_dir: str | None) -> tuple[list[str], str, list[tuple[str, str]]]:
+    """The files to score, where they come from, and the files skipped.
+
+    Without `data_dir`: the validation split of the run that wrote the model,
+    rebuilt from the `config.json` beside it (same folder, fraction, seed).
+    With `data_dir`: `data_dir/val` when it exists, else every pair in
+    `data_dir`.
+
+    Returns:
+        `(files, source, skipped)`: skipped lists `(path, reason)` of the
+        unusable files, which are not scored.
+
+    Raises:
+        UsageError: When no usable pair is found.
+    """
+    if data_dir is None:
+        cfg_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
+        if not os.path.isfile(cfg_path):
+            raise UsageError(f"--model {model_path}: no config.json beside it; pass --data-dir")
+        with open(cfg_path) as f:
+            saved = json.load(f)
+        _, val, source, skipped = find_data(
+            saved.get("data_dir", "images"),
+            saved.get("limit") or 0,
+            saved.get("val_split", 0.15),
+            saved.get("seed", 42),
+        )
+        # Those skipped from the folder the split comes from (a carved split's
+        # pool, or the run's val/), not the training folder's.
+        here = os.path.dirname(val[0])
+        return (
+            val,
+            f"validation split of the run ({source})",
+            [s for s in skipped if os.path.dirname(s[0]) == here],
+        )
+    if not os.path.isdir(data_dir):
+        raise UsageError(f"--data-dir {data_dir}: folder not found")
+    folder = os.path.join(data_dir, "val") if os.path.isdir(os.path.join(data_dir, "val")) else data_dir
+    good, skipped = scan_pairs(list_images(folder))
+    if not good:
+        raise UsageError(f"--data-dir {data_dir}: no usable pair in {folder}")
+    return good, folder, skipped

@@ -8,7 +8,14 @@ import os
 import shutil
 import time
 
+import keras
+import numpy as np
+
 import utils_func as uf
+from cityscapes_unet import io, plots
+from cityscapes_unet.data.files import display_name
+from cityscapes_unet.errors import FolderInUse
+from cityscapes_unet.train import distribute
 
 MODEL_FILE = "unet_model.keras"
 LOCK_FILE = ".lock"
@@ -35,10 +42,6 @@ RUN_OUTPUTS = (
     "logs",
     "eval",
 )
-
-
-class FolderInUse(RuntimeError):
-    """Another process holds the run folder."""
 
 
 class RunLock:
@@ -92,7 +95,7 @@ def remove_temporaries(folder: str) -> int:
     Returns:
         Number of files removed.
     """
-    return sum(len(uf.remove_temporaries(d)) for d in (folder, os.path.join(folder, "resume")))
+    return sum(len(io.remove_temporaries(d)) for d in (folder, os.path.join(folder, "resume")))
 
 
 def archive_run(folder: str) -> str | None:
@@ -140,3 +143,49 @@ def clear_run(folder: str) -> list[str]:
             os.remove(path)
         removed.append(os.path.basename(path))
     return removed
+
+
+def write_prediction_panels(
+    model: keras.Model, samples: tuple[list[str], np.ndarray, np.ndarray], output_dir: str, pad_to: int = 1
+) -> list[str]:
+    """Predict validation samples and save photo | ground truth | prediction panels.
+
+    Args:
+        model: Trained model.
+        samples: `(names, photos, ids)`: uint8 photos `(K, S, S, 3)` at the
+            model's input size and their ids `(K, S, S)` at its output size
+            (see `RunData.samples`).
+        output_dir: Folder for `pred_1.png` ... `pred_K.png`.
+        pad_to: Pad prediction batches to a multiple of this (JAX replicas).
+
+    Returns:
+        Paths written.
+    """
+    names, photos, truths = samples
+    paths = []
+    for i, (name, photo, ids) in enumerate(zip(names, photos, truths, strict=True), start=1):
+        probs = distribute.predict_padded(model, photo[None].astype(np.float32), pad_to)[0]
+        pred = probs.argmax(-1)
+        valid = ids != uf.IGNORE_ID
+        acc = float((pred[valid] == ids[valid]).mean()) if valid.any() else float("nan")
+        path = os.path.join(output_dir, f"pred_{i}.png")
+        plots.save_prediction_panel(path, photo, ids, pred, title=f"{name}: pixel accuracy {acc:.3f}")
+        paths.append(path)
+    return paths
+
+
+def make_room(output_dir: str, overwrite: bool) -> None:
+    """Move the earlier run in `output_dir` aside whole, or remove it (`overwrite`)."""
+    if overwrite:
+        removed = clear_run(output_dir)
+        if removed:
+            print(f"--overwrite: removed the earlier {', '.join(removed)} from {output_dir}")
+        return
+    kept = archive_run(output_dir)
+    if kept:
+        print(f"An earlier run was in {output_dir}: moved whole to {kept}")
+
+
+def write_skipped(path: str, skipped: list[tuple[str, str]]) -> None:
+    """Write `skipped.txt`: one `path<TAB>reason` line per unusable file."""
+    io.atomic_write_text(path, "".join(f"{display_name(p)}\t{why}\n" for p, why in skipped))

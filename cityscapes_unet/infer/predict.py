@@ -12,13 +12,15 @@ import time
 import numpy as np
 
 import utils_func as uf
+from cityscapes_unet import plots
+from cityscapes_unet.data.files import natural_key
+from cityscapes_unet.errors import InputError, UsageError
+from cityscapes_unet.infer.engines import load_engine
+from cityscapes_unet.infer.metrics import confusion_matrix, probabilities_to_ids, scores
+from cityscapes_unet.io import read_photo, resize_photo, split_pair, write_png
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 OVERLAY_ALPHA = 0.5  # share of the class colour in the overlay
-
-
-class InputError(ValueError):
-    """One input file cannot be used; the message says why."""
 
 
 def collect_inputs(inputs: list[str]) -> list[str]:
@@ -36,8 +38,6 @@ def collect_inputs(inputs: list[str]) -> list[str]:
     Raises:
         UsageError: For a path that does not exist or a folder without photos.
     """
-    from pair_files import _natural_key
-    from training import UsageError
 
     files: list[str] = []
     for path in inputs:
@@ -48,7 +48,7 @@ def collect_inputs(inputs: list[str]) -> list[str]:
                     for n in os.listdir(path)
                     if n.lower().endswith(PHOTO_SUFFIXES) and os.path.isfile(os.path.join(path, n))
                 ),
-                key=_natural_key,
+                key=natural_key,
             )
             if not found:
                 raise UsageError(f"{path}: no .jpg, .jpeg or .png files in this folder")
@@ -67,95 +67,6 @@ def collect_inputs(inputs: list[str]) -> list[str]:
     return unique
 
 
-def read_photo(path: str) -> np.ndarray:
-    """Read a JPEG or PNG as 8-bit RGB: grayscale is repeated, alpha dropped.
-
-    Args:
-        path: Image file.
-
-    Returns:
-        uint8 array `(H, W, 3)`.
-
-    Raises:
-        InputError: If the file cannot be read or decoded.
-    """
-    import cv2
-
-    try:
-        data = np.fromfile(path, np.uint8)
-    except OSError as e:
-        raise InputError(e.strerror or str(e)) from None
-    if data.size == 0:
-        raise InputError("empty file")
-    # IMREAD_COLOR: 3 channels whatever the file holds (gray, alpha, CMYK,
-    # 16-bit PNGs scaled to 8 bits).
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise InputError("not a decodable JPEG or PNG image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def split_pair(pair: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Split a side-by-side pair into the photo and its label's class ids.
-
-    Args:
-        pair: uint8 RGB `(H, 2*H', 3)`, photo left, colour label right.
-
-    Returns:
-        `(photo (H, W, 3) uint8, ids (H, W) uint8)`; ids are trainIds or
-        IGNORE_ID.
-
-    Raises:
-        InputError: If the width is odd.
-    """
-    h, w = pair.shape[:2]
-    if w % 2:
-        raise InputError(f"{w}x{h} is not a side-by-side pair (odd width)")
-    return pair[:, : w // 2], uf.colors_to_ids(pair[:, w // 2 :])
-
-
-def resize_photo(photo: np.ndarray, size: int) -> np.ndarray:
-    """Resize a photo to the square model input, as training saw them.
-
-    The training pairs squash Cityscapes' 2:1 frames into squares, so any
-    photo is resized to a square too (area when shrinking, bilinear when
-    enlarging).
-
-    Args:
-        photo: uint8 `(H, W, 3)`.
-        size: Model input side.
-
-    Returns:
-        uint8 `(size, size, 3)`.
-    """
-    import cv2
-
-    shrink = photo.shape[0] * photo.shape[1] > size * size
-    return cv2.resize(photo, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def probabilities_to_ids(probs: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Class ids at a photo's own size from the model's scores.
-
-    Scores are resized bilinearly, then the argmax is taken: class ids
-    themselves are never interpolated.
-
-    Args:
-        probs: float `(h, w, num_classes)` scores at the model's size.
-        height: Photo height.
-        width: Photo width.
-
-    Returns:
-        uint8 `(height, width)` trainIds.
-    """
-    import cv2
-
-    probs = np.asarray(probs, np.float32)
-    if probs.shape[:2] != (height, width):
-        probs = cv2.resize(probs, (width, height), interpolation=cv2.INTER_LINEAR)
-    return probs.argmax(-1).astype(np.uint8)
-
-
 def overlay(photo: np.ndarray, ids: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """Blend the class colours over the photo.
 
@@ -169,25 +80,6 @@ def overlay(photo: np.ndarray, ids: np.ndarray, alpha: float = OVERLAY_ALPHA) ->
     """
     mixed = (1 - alpha) * photo.astype(np.float32) + alpha * uf.colorize(ids).astype(np.float32)
     return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
-
-
-def write_png(path: str, image: np.ndarray) -> None:
-    """Write an RGB or single-channel uint8 PNG, atomically."""
-    import cv2
-
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
-    try:
-        buf.tofile(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _unique_stems(files: list[str]) -> list[str]:
@@ -233,10 +125,6 @@ def run_predict(
     """
     import keras
 
-    from evaluation import confusion_matrix, scores
-    from model_export import load_engine
-    from training import UsageError
-
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
     files = collect_inputs(inputs)
@@ -275,7 +163,7 @@ def run_predict(
                     cm += confusion_matrix(truth, ids)
                     valid = truth != uf.IGNORE_ID
                     acc = float((ids[valid] == truth[valid]).mean()) if valid.any() else float("nan")
-                    uf.save_prediction_panel(
+                    plots.save_prediction_panel(
                         f"{base}_panel.png",
                         photo,
                         truth,

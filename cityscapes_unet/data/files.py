@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
+from cityscapes_unet.errors import DataError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 # Decoding a pair takes height * width * 3 bytes; a full-resolution
 # Cityscapes pair is 1024 high. Headers claiming far more (a 20000x40000
@@ -21,16 +23,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg")
 MAX_PAIR_HEIGHT = 4096
 
 
-class DataError(ValueError):
-    """A data folder or file that cannot be used; the message is one line."""
-
-
 def display_name(path: str) -> str:
     """`path` as it can be printed: bytes that are not UTF-8 shown as `\\xNN`."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _natural_key(path: str):
+def natural_key(path: str):
     # "2.jpg" before "10.jpg".
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
 
@@ -46,7 +44,7 @@ def list_images(folder: str) -> list[str]:
     """
     paths = [os.path.join(folder, n) for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES)]
     # isfile follows links: dangling symlinks and folders named *.jpg drop out.
-    return sorted((p for p in paths if os.path.isfile(p)), key=_natural_key)
+    return sorted((p for p in paths if os.path.isfile(p)), key=natural_key)
 
 
 def _read(path: str, size: int = -1) -> bytes:

@@ -9,7 +9,10 @@ compile=False)` loads a model trained with them without this module.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
+
+from cityscapes_unet.train import losses
 
 
 @keras.saving.register_keras_serializable(package="cityscapes_unet")
@@ -243,3 +246,49 @@ class CrossEntropyLovasz(keras.losses.Loss):
             "stride": self.stride,
             "bins": self.bins,
         }
+
+
+def make_loss(class_weights: np.ndarray | None = None, kind: str = "ce") -> keras.losses.Loss:
+    """Categorical cross-entropy averaged over the labelled pixels.
+
+    Ignored pixels have weight 0 (the sample weights) and an all-zero one-hot
+    row; `mean_with_sample_weight` divides by the number of labelled pixels.
+    With class weights, Keras' `CategoricalFocalCrossentropy` with `gamma=0`
+    is exactly class-weighted cross-entropy (`alpha` per class), and stays a
+    built-in that loads without this project.
+
+    `kind="ce_dice"` adds a soft Dice term (`losses.CrossEntropyDice`);
+    `kind="ce_lovasz"` adds the Lovasz-softmax term, a surrogate of the
+    mean IoU itself (`losses.CrossEntropyLovasz`);
+    `kind="focal"` is Keras' `CategoricalFocalCrossentropy` with `gamma=2`
+    (the class weights as `alpha`), which down-weights pixels already
+    classified with confidence.
+
+    Args:
+        class_weights: Per-class weights `(num_classes,)`, or None.
+        kind: One of `LOSSES`.
+
+    Returns:
+        A Keras loss.
+    """
+    if kind == "ce_dice":
+        return losses.CrossEntropyDice(
+            None if class_weights is None else [round(float(w), 4) for w in class_weights]
+        )
+    if kind == "ce_lovasz":
+        return losses.CrossEntropyLovasz(
+            None if class_weights is None else [round(float(w), 4) for w in class_weights]
+        )
+    alpha = 1.0 if class_weights is None else [round(float(w), 4) for w in class_weights]
+    if kind == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(
+            alpha=alpha, gamma=2.0, reduction="mean_with_sample_weight", name="focal_crossentropy"
+        )
+    if class_weights is None:
+        return keras.losses.CategoricalCrossentropy(reduction="mean_with_sample_weight")
+    return keras.losses.CategoricalFocalCrossentropy(
+        alpha=[round(float(w), 4) for w in class_weights],
+        gamma=0.0,
+        reduction="mean_with_sample_weight",
+        name="weighted_categorical_crossentropy",
+    )

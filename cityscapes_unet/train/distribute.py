@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 
 import keras
 
+from cityscapes_unet.errors import DistributeError
+
 DISTRIBUTE = ("none", "mirrored", "multiworker")
-
-
-class DistributeError(ValueError):
-    """A distribution setting that cannot work here; the message is one line."""
 
 
 def split_cpu(replicas: int) -> None:

@@ -39,6 +39,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from cityscapes_unet.errors import TfdsSourceError
 from utils_func import IGNORE_ID, LABELS
 
 #: The TFDS builder and config read here.
@@ -50,10 +51,6 @@ SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {"val": "validation"}
 
 
-class TfdsSourceError(ValueError):
-    """Cityscapes cannot be read through TFDS; the message is one line."""
-
-
 def _label_lut() -> np.ndarray:
     lut = np.full((256,), IGNORE_ID, np.uint8)
     for lab in LABELS:
@@ -62,7 +59,7 @@ def _label_lut() -> np.ndarray:
     return lut
 
 
-#: uint8 `(256,)`: labelId -> trainId, from `utils_func.LABELS`; every other
+#: uint8 `(256,)`: labelId -> trainId, from `uf.LABELS`; every other
 #: value (void and untrained labels, 255, unknown ids) -> IGNORE_ID.
 LABEL_ID_TO_TRAIN_ID: np.ndarray = _label_lut()
 LABEL_ID_TO_TRAIN_ID.flags.writeable = False

@@ -10,16 +10,10 @@ import os
 import keras
 import numpy as np
 
-import utils_func as uf
-from distribute import portable_batchnorm, predict_padded
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a failed save, a non-finite loss); one line."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during training; the message says what is on disk and how to go on."""
+from cityscapes_unet import io, plots
+from cityscapes_unet.errors import TrainingError
+from cityscapes_unet.plots import write_gif
+from cityscapes_unet.train.distribute import portable_batchnorm, predict_padded
 
 
 def save_model_atomic(model: keras.Model, path: str) -> None:
@@ -36,7 +30,7 @@ def save_model_atomic(model: keras.Model, path: str) -> None:
         TrainingError: If the save fails; the earlier file is untouched.
     """
     try:
-        with uf.atomic_file(path) as tmp, portable_batchnorm(model):
+        with io.atomic_file(path) as tmp, portable_batchnorm(model):
             model.save(tmp)
     except Exception as e:  # noqa: BLE001 - any failure: say it, keep the old file
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
@@ -93,7 +87,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         )
         self.best, self.best_epoch = float(value), epoch
         # What the file on disk is, for a resumed run.
-        uf.write_json(self.info_path(self.path), {"best": self.best, "epoch": epoch + 1})
+        io.write_json(self.info_path(self.path), {"best": self.best, "epoch": epoch + 1})
 
     @staticmethod
     def info_path(path: str) -> str:
@@ -184,7 +178,7 @@ class ResumeState(keras.callbacks.Callback):
         os.makedirs(self.folder, exist_ok=True)
         name = f"epoch_{epoch + 1:03d}.keras"
         save_model_atomic(self.model, os.path.join(self.folder, name))
-        uf.write_json(os.path.join(self.folder, self.STATE), {"epochs_done": epoch + 1, "model": name})
+        io.write_json(os.path.join(self.folder, self.STATE), {"epochs_done": epoch + 1, "model": name})
         for old in glob.glob(os.path.join(self.folder, "epoch_*.keras")):
             if os.path.basename(old) != name:
                 os.remove(old)
@@ -236,12 +230,12 @@ class HistoryCSV(keras.callbacks.Callback):
         lines = [",".join(("epoch",) + HISTORY_KEYS)]
         for r in self.rows:
             lines.append(",".join([str(r["epoch"])] + [f"{float(r[k]):.6g}" for k in HISTORY_KEYS]))
-        uf.atomic_write_text(self.path, "\n".join(lines) + "\n")
+        io.atomic_write_text(self.path, "\n".join(lines) + "\n")
 
     def restore(self, epochs_done: int) -> None:
         """Take the rows of the first `epochs_done` epochs from the CSV on disk."""
         if os.path.isfile(self.path):
-            history = uf.read_history(self.path)
+            history = io.read_history(self.path)
             n = len(history.get("epoch", []))
             self.rows = [
                 {k: history[k][i] for k in ("epoch",) + HISTORY_KEYS if k in history}
@@ -299,7 +293,7 @@ class ProgressPictures(keras.callbacks.Callback):
         if logs and "val_mean_iou" in logs:
             title += f": validation mean IoU {float(logs['val_mean_iou']):.3f}"
         path = os.path.join(self.folder, f"epoch_{epoch:03d}.png")
-        uf.save_panel_grid(path, list(zip(self.photos, self.truths, pred, strict=True)), title, dpi=72)
+        plots.save_panel_grid(path, list(zip(self.photos, self.truths, pred, strict=True)), title, dpi=72)
         self.frames.append(path)
         if self.log_dir:
             import tensorflow as tf
@@ -326,25 +320,3 @@ class ProgressPictures(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         write_gif(self.frames, self.gif_path)
-
-
-def write_gif(frames: list[str], path: str, ms_per_frame: int = 700) -> str | None:
-    """Write PNG frames as an endlessly looping GIF, the last frame held longer.
-
-    Args:
-        frames: PNG paths of equal size, in order.
-        path: GIF destination.
-        ms_per_frame: Display time of each frame.
-
-    Returns:
-        `path`, or None when there are no frames.
-    """
-    from PIL import Image
-
-    if not frames:
-        return None
-    images = [Image.open(f).convert("RGB") for f in frames]
-    durations = [ms_per_frame] * (len(images) - 1) + [3 * ms_per_frame]
-    with uf.atomic_file(path) as tmp:
-        images[0].save(tmp, save_all=True, append_images=images[1:], duration=durations, loop=0)
-    return path

@@ -15,17 +15,6 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from pair_files import (  # noqa: F401 - the file helpers, re-exported
-    IMAGE_SUFFIXES,
-    MAX_PAIR_HEIGHT,
-    DataError,
-    _natural_key,
-    check_pair,
-    jpeg_header,
-    list_images,
-    scan_pairs,
-    split_train_val,
-)
 from utils_func import AUGMENTS, IGNORE_ID, MAX_COLOR_DISTANCE, NUM_CLASSES, color_lut, decode_palette
 
 
@@ -43,12 +32,12 @@ def _lut_tensor(max_distance: float) -> tf.Tensor:
 def tf_colors_to_ids(
     label_rgb: tf.Tensor, max_distance: float = MAX_COLOR_DISTANCE, method: str = "table"
 ) -> tf.Tensor:
-    """TF version of `utils_func.colors_to_ids`: nearest palette colour.
+    """TF version of `uf.colors_to_ids`: nearest palette colour.
 
     Args:
         label_rgb: uint8 tensor `(H, W, 3)`.
         max_distance: Pixels farther from every palette colour are ignored.
-        method: `table`: one lookup per pixel in `utils_func.color_lut`, the
+        method: `table`: one lookup per pixel in `uf.color_lut`, the
             exact answer for every 24-bit colour (built once per process
             and threshold, under a second); `search`: the distance to every
             palette colour per pixel. The same ids; the table is about 4x

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+
+import utils_func as uf
+from cityscapes_unet.errors import UsageError
+
+
+def load_segmentation_model(path: str):
+    """Load a `.keras` model for scoring, with a one-line error if unusable."""
+    import keras
+
+    if os.path.isdir(path):
+        raise UsageError(f"--model {path}: is a folder; pass the .keras file in it")
+    if not os.path.isfile(path):
+        raise UsageError(f"--model {path}: file not found")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise UsageError(f"--model {path}: not a whole .keras file (truncated, or not a zip archive)")
+    try:
+        # safe_mode stays on: a Lambda layer's Python code never runs on load.
+        model = keras.models.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001 - any load failure is the file's fault
+        msg = str(e).strip()
+        if "Lambda" in msg and "safe_mode" in msg:
+            raise UsageError(
+                f"--model {path}: refused: it holds a Lambda layer, Python code that would run on loading "
+                "(Keras' safe mode stays on; a model trained here has none)"
+            ) from None
+        first = msg.splitlines()[0] if msg else type(e).__name__
+        raise UsageError(f"--model {path}: not a loadable Keras model ({first[:200]})") from None
+    if not isinstance(model.inputs, list) or len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise UsageError(
+            f"--model {path}: has {len(model.inputs)} inputs and {len(model.outputs)} outputs, expected 1 and 1"
+        )
+    in_shape = model.input_shape
+    if len(in_shape) != 4 or in_shape[-1] != 3 or in_shape[1] is None or in_shape[1] != in_shape[2]:
+        raise UsageError(f"--model {path}: input {in_shape}, expected a square RGB input (batch, S, S, 3)")
+    shape = model.output_shape
+    if not isinstance(shape, tuple) or len(shape) != 4 or shape[-1] != uf.NUM_CLASSES:
+        raise UsageError(f"--model {path}: outputs {shape}, expected (batch, H, W, {uf.NUM_CLASSES})")
+    return model
+
+
+#: `--format` choices: what `model.export` writes, and the file suffix.
+FORMATS = {"openvino": ".xml", "tf_saved_model": ""}
+
+
+#: `--engine` choices of `predict`.
+ENGINES = ("auto", "keras", "openvino")
+
+
+def default_export_path(model_path: str, fmt: str) -> str:
+    """Where `export` writes by default: beside the model, same stem.
+
+    Args:
+        model_path: The `.keras` file.
+        fmt: One of `FORMATS`.
+
+    Returns:
+        `DIR/STEM.xml` for OpenVINO, `DIR/STEM_saved_model` for a SavedModel.
+    """
+    stem = os.path.splitext(model_path)[0]
+    return stem + ".xml" if fmt == "openvino" else stem + "_saved_model"
+
+
+def _require_openvino(flag: str):
+
+    try:
+        import openvino
+    except ImportError:
+        raise UsageError(
+            f"{flag}: OpenVINO is not installed (pip install -r requirements-optional.txt)"
+        ) from None
+    return openvino
+
+
+class Engine:
+    """A model behind one `predict` call: Keras or a compiled OpenVINO model.
+
+    Attributes:
+        name: `keras` or `openvino`.
+        input_size: Side of the square input.
+        path: The file it was loaded from.
+    """
+
+    def __init__(self, name: str, path: str, input_size: int, fn):
+        self.name = name
+        self.path = path
+        self.input_size = input_size
+        self._fn = fn
+
+    def predict(self, photos: np.ndarray) -> np.ndarray:
+        """Class probabilities for a batch of photos.
+
+        Args:
+            photos: float32 `(N, S, S, 3)` RGB in 0..255 at `input_size`.
+
+        Returns:
+            float32 `(N, S, S, 19)`.
+        """
+        return np.asarray(self._fn(np.ascontiguousarray(photos, np.float32)), np.float32)
+
+
+def _openvino_engine(xml: str, flag: str) -> Engine:
+
+    ov = _require_openvino(flag)
+    try:
+        # f32: on CPUs with bf16 units (AMX) OpenVINO would compute in bf16
+        # by default, and the export would no longer give the model's
+        # classes (3% of the pixels of a small test model differed).
+        compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    except Exception as e:  # noqa: BLE001 - any failure is the file's fault
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"{flag} {xml}: not a usable OpenVINO model ({first[:200]})") from None
+    shape = compiled.input(0).get_partial_shape()
+    size = shape[1].get_length() if shape[1].is_static else None
+    if size is None or len(shape) != 4 or shape[3].get_length() != 3:
+        raise UsageError(f"{xml}: input {shape}, expected a square RGB input (batch, S, S, 3)")
+    out = compiled.output(0)
+    return Engine("openvino", xml, size, lambda x: compiled(x)[out])
+
+
+def load_engine(model_path: str, engine: str = "auto") -> Engine:
+    """Open a model for prediction.
+
+    Args:
+        model_path: A `.keras` file, or an exported `.xml` (OpenVINO IR).
+        engine: `auto` (from the file's suffix), `keras` or `openvino`. With
+            `openvino` and a `.keras` path, the IR exported beside it is used;
+            it must be newer than the `.keras` file.
+
+    Returns:
+        An `Engine`.
+
+    Raises:
+        UsageError: For a missing, stale or unusable model, or a missing
+            runtime.
+    """
+
+    if engine not in ENGINES:
+        raise UsageError(f"--engine {engine}: must be one of {', '.join(ENGINES)}")
+    is_xml = model_path.endswith(".xml")
+    if engine == "auto":
+        engine = "openvino" if is_xml else "keras"
+    if engine == "keras":
+        if is_xml:
+            raise UsageError(f"--model {model_path}: an OpenVINO model; use --engine openvino (or auto)")
+        model = load_segmentation_model(model_path)
+        return Engine(
+            "keras",
+            model_path,
+            int(model.input_shape[1]),
+            lambda x: model.predict(x, batch_size=max(1, len(x)), verbose=0),
+        )
+    xml = model_path if is_xml else default_export_path(model_path, "openvino")
+    if not os.path.isfile(xml):
+        if is_xml:
+            raise UsageError(f"--model {model_path}: file not found")
+        raise UsageError(
+            f"--engine openvino: no {xml}; run 'python main.py export --model {model_path}' first"
+        )
+    if not is_xml and os.path.isfile(model_path) and os.path.getmtime(xml) < os.path.getmtime(model_path):
+        raise UsageError(
+            f"--engine openvino: {xml} is older than {model_path}; "
+            f"run 'python main.py export --model {model_path}' again"
+        )
+    return _openvino_engine(xml, "--engine openvino")
