@@ -17,68 +17,60 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line flags of a training run."""
+    """The command-line flags of a training run; the other settings go through --set."""
     p = argparse.ArgumentParser(
         prog="main.py",
         description="Train a UNet on the Cityscapes image pairs (photo | colour label JPEGs).",
-        epilog="Other commands: 'python main.py evaluate --help' (score a model), "
+        epilog="Settings without a flag, for --set KEY=VALUE (any field of config.json works): "
+        "warmup_epochs, early_stop, val_split, block, tta, logit_adjust, class_weights, encoder_weights, "
+        "num_progress, cpu_replicas, tfds_data_dir, tfds_manual_dir. "
+        "Other commands: 'python main.py evaluate --help' (score a model), "
         "'python main.py predict --help' (segment photos), "
+        "'python main.py export --help' (export a model), "
         "'python main.py plot --help' (redraw curves from history.csv).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         # No abbreviations: --resume compares the flags given by their full names.
         allow_abbrev=False,
     )
     p.add_argument(
-        "--data-dir",
-        type=str,
-        default="images",
-        help="folder with train/ (and optionally val/) pair JPEGs, or the pairs themselves",
+        "--config", type=str, default=None, help="start from a saved config.json: its fields are the defaults"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="set any setting by name (repeatable)",
+    )
+    p.add_argument(
+        "--data-dir", type=str, default="images", help="folder with train/ (and optionally val/) pair JPEGs"
     )
     p.add_argument(
         "--output-dir", type=str, default="output", help="folder for the model, history, curves and pictures"
     )
     p.add_argument("--epochs", type=int, default=10, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 8 on CPU, 16 on GPU)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size; unset: the machine's default")
     p.add_argument(
         "--image-size",
         type=int,
         default=None,
-        help="side of the square model input, a multiple of 16 (default: 96 on CPU, 256 on GPU)",
+        help="side of the square model input; unset: the machine's default",
     )
     p.add_argument(
         "--base-filters",
         type=int,
         default=None,
-        help="width of the first UNet level; widths double per level (default: 16 on CPU, 64 on GPU)",
+        help="width of the first UNet level; unset: the machine's default",
     )
     p.add_argument(
-        "--learning-rate", type=float, default=3e-3, help="Adam learning rate (peak of the cosine schedule)"
+        "--learning-rate", type=float, default=3e-3, help="Adam learning rate (peak of the schedule)"
     )
     p.add_argument(
         "--schedule",
         type=str,
         default="cosine",
         choices=["cosine", "constant", "plateau"],
-        help="learning-rate schedule: cosine decay to 2%% over the run; constant; plateau: halve the rate when "
-        "validation mean IoU has not risen for 2 epochs",
-    )
-    p.add_argument(
-        "--warmup-epochs",
-        type=float,
-        default=0.5,
-        help="with --schedule cosine: rise linearly from 2%% to the peak over this many epochs first",
-    )
-    p.add_argument(
-        "--early-stop",
-        type=int,
-        default=0,
-        help="stop when validation mean IoU has not risen for this many epochs; 0: off",
-    )
-    p.add_argument(
-        "--val-split",
-        type=float,
-        default=0.15,
-        help="fraction of train pairs held out for validation when DATA_DIR/val does not exist",
+        help="learning-rate schedule",
     )
     p.add_argument(
         "--seed", type=int, default=42, help="seed of the split, shuffling, augmentation and initialisation"
@@ -88,135 +80,56 @@ def build_parser() -> argparse.ArgumentParser:
         type=str,
         default="auto",
         choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
-        help="dtype policy; auto: mixed_float16 on GPU, float32 on CPU (mixed_bfloat16 on CPUs with bf16 matrix units)",
+        help="dtype policy; auto: the fastest this machine runs well",
     )
     p.add_argument(
         "--augment",
         type=str,
         default=None,
         choices=["none", "flip", "full"],
-        help="training augmentation: flip (random horizontal flip); full: flip, random zoom (1-1.5x) and crop, "
-        "and brightness/contrast/saturation jitter (photo only); none. Unset: flip on a GPU, none for the "
-        "10-epoch CPU defaults (which underfit)",
-    )
-    p.add_argument(
-        "--tta",
-        type=str,
-        default="scales",
-        choices=["none", "flip", "scales"],
-        help="test-time augmentation built into the saved model: flip averages in the scores of the mirrored "
-        "photo (twice the prediction cost); scales does that at the training size and at one a sixth larger "
-        "(112 for 96), averaging all four (about five times the cost); none",
-    )
-    p.add_argument(
-        "--logit-adjust",
-        type=float,
-        default=0.3,
-        help="with class weights, the saved model divides each class's odds by its weight to this power, "
-        "partly undoing the weights' pull toward rare classes (0: keep it; 1: undo it); training is unchanged",
-    )
-    p.add_argument(
-        "--no-augment", dest="augment", action="store_const", const="none", help="the same as --augment none"
-    )
-    p.add_argument(
-        "--block",
-        type=str,
-        default=None,
-        choices=["plain", "residual"],
-        help="conv blocks of the UNet: plain (the classic UNet: two conv, batch norm, ReLU) or residual (the "
-        "block's input added before its last ReLU); default: residual on a CPU with bf16 units, else plain",
-    )
-    p.add_argument(
-        "--class-weights",
-        type=str,
-        default="auto",
-        choices=["auto", "none"],
-        help="auto: weight the loss per class by the inverse square root of its pixel share in the training split (clipped); none: plain cross-entropy",
+        help="training augmentation; unset: the machine's default",
     )
     p.add_argument(
         "--loss",
         type=str,
         default="ce_lovasz",
         choices=["ce", "ce_dice", "ce_lovasz", "focal"],
-        help="ce_lovasz: (class-weighted) cross-entropy plus the Lovasz-softmax term, a surrogate of mean IoU; "
-        "ce: the cross-entropy alone, a Keras built-in; ce_dice: plus a soft Dice term over the classes; "
-        "focal: Keras' categorical focal loss (gamma 2, class weights as alpha)",
+        help="training loss",
     )
     p.add_argument(
         "--encoder",
         type=str,
         default="unet",
         choices=["unet", "resnet50", "efficientnetb0"],
-        help="unet: the UNet of down_block/bottleneck/up_block; resnet50, efficientnetb0: a UNet decoder on that "
-        "keras.applications encoder (image size a multiple of 32)",
-    )
-    p.add_argument(
-        "--encoder-weights",
-        type=str,
-        default="imagenet",
-        choices=["imagenet", "none"],
-        help="initial encoder weights; when ImageNet weights cannot be fetched, random ones (said in one line)",
+        help="the UNet, or a UNet decoder on a keras.applications encoder",
     )
     p.add_argument(
         "--xla",
         type=str,
         default="auto",
         choices=["auto", "on", "off"],
-        help="compile the training step with XLA; auto: on for CPU TensorFlow (1.3x faster here), Keras' choice elsewhere",
-    )
-    p.add_argument(
-        "--autosize",
-        type=str,
-        default="off",
-        choices=["off", "on", "auto"],
-        help="on a CPU, when --image-size and --base-filters are left to the machine: time a few training "
-        "steps of growing UNet sizes and take the largest whose run fits 25 min instead of the measured "
-        "default; auto: only on CPUs with bf16 matrix units; off: the measured default",
+        help="compile the training step with XLA",
     )
     p.add_argument(
         "--distribute",
         type=str,
         default="none",
         choices=["none", "mirrored", "multiworker"],
-        help="data-parallel training: mirrored, every local GPU (TensorFlow MirroredStrategy, JAX "
-        "DataParallel); multiworker, several machines configured by TF_CONFIG (TensorFlow); the global "
-        "--batch-size is split between the replicas",
-    )
-    p.add_argument(
-        "--cpu-replicas",
-        type=int,
-        default=1,
-        help="with --distribute mirrored and no GPU: split the CPU into this many devices (to try it out)",
+        help="data-parallel training over local GPUs or TF_CONFIG workers",
     )
     p.add_argument(
         "--dataset",
         type=str,
         default="pairs",
         choices=["pairs", "tfds-cityscapes"],
-        help="pairs: the photo|label JPEGs in --data-dir; tfds-cityscapes: the official full-resolution "
-        "Cityscapes through TensorFlow Datasets (train and validation splits; see --tfds-manual-dir)",
-    )
-    p.add_argument(
-        "--tfds-manual-dir",
-        type=str,
-        default=None,
-        help="with --dataset tfds-cityscapes: folder holding leftImg8bit_trainvaltest.zip and "
-        "gtFine_trainvaltest.zip from cityscapes-dataset.com (needed for the first, preparing run)",
-    )
-    p.add_argument(
-        "--tfds-data-dir",
-        type=str,
-        default=None,
-        help="with --dataset tfds-cityscapes: where TFDS keeps its prepared records (default: TFDS' own, "
-        "~/tensorflow_datasets)",
+        help="the pair JPEGs, or Cityscapes through TensorFlow Datasets",
     )
     p.add_argument(
         "--pipeline",
         type=str,
         default="auto",
         choices=["auto", "tf", "numpy"],
-        help="input pipeline of the pairs: tf (tf.data, any backend), numpy (NumPy/OpenCV in a "
-        "keras.utils.PyDataset, no TensorFlow needed); auto: tf when TensorFlow is installed",
+        help="input pipeline: tf.data, or NumPy/OpenCV",
     )
     p.add_argument("--limit", type=int, default=None, help="use only the first N training pairs (smoke runs)")
     p.add_argument("--num-preds", type=int, default=4, help="validation samples drawn as pred_N.png")
@@ -224,25 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress-every",
         type=int,
         default=1,
-        help="draw fixed validation samples every N epochs (and before training) into progress/ and progress.gif; 0: off",
+        help="draw validation samples into progress/ every N epochs; 0: off",
     )
-    p.add_argument("--num-progress", type=int, default=4, help="validation samples in each progress picture")
     p.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="log scalars and progress pictures to OUTPUT_DIR/logs for TensorBoard",
+        "--tensorboard", action="store_true", help="log scalars and progress pictures to OUTPUT_DIR/logs"
     )
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the interrupted run in OUTPUT_DIR from its last complete epoch, with its saved configuration",
+        help="continue the interrupted run in OUTPUT_DIR with its saved configuration",
     )
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="remove the earlier run in OUTPUT_DIR (by default it is moved to OUTPUT_DIR/earlier/<date>/)",
+        help="remove the earlier run in OUTPUT_DIR instead of moving it to earlier/",
     )
     return p
+
+
+#: Flags of the training command that are not fields of `TrainConfig`.
+COMMAND_FLAGS = ("config", "set", "resume", "overwrite")
 
 
 def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
@@ -376,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags and run; bad input ends with one line and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
     from cityscapes_unet.errors import TrainingError, UsageError
-    from cityscapes_unet.train.config import TrainConfig
+    from cityscapes_unet.train.config import config_from_command_line
     from cityscapes_unet.train.run import interrupted_message, run_training
 
     output_dir = None
@@ -401,10 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser = build_parser()
             flags = vars(parser.parse_args(argv))
-            resume, overwrite = flags.pop("resume"), flags.pop("overwrite")
-            given = given_flags(parser, argv) - {"resume", "overwrite"}
+            written = {k: flags[k] for k in given_flags(parser, argv) if k not in COMMAND_FLAGS}
             output_dir = flags["output_dir"]
-            run_training(TrainConfig(**flags), resume=resume, overwrite=overwrite, given=given)
+            cfg, given = config_from_command_line(written, flags["set"] or [], flags["config"])
+            output_dir = cfg.output_dir
+            run_training(cfg, resume=flags["resume"], overwrite=flags["overwrite"], given=given)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

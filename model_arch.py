@@ -6,7 +6,7 @@ import os
 
 import keras
 
-from cityscapes_unet import io as uf
+from cityscapes_unet import io
 
 
 def get_model_arch(model: keras.Model, output_dir: str) -> str:
@@ -25,7 +25,7 @@ def get_model_arch(model: keras.Model, output_dir: str) -> str:
     """
     png = os.path.join(output_dir, "model_arch.png")
     try:
-        with uf.atomic_file(png) as tmp:
+        with io.atomic_file(png) as tmp:
             keras.utils.plot_model(model, to_file=tmp, show_shapes=True, show_layer_names=True, dpi=60)
             if not os.path.exists(tmp):
                 raise OSError("plot_model wrote no file")
@@ -36,5 +36,5 @@ def get_model_arch(model: keras.Model, output_dir: str) -> str:
     model.summary(print_fn=lambda line, *a, **k: lines.append(line), line_length=110)
     txt = os.path.join(output_dir, "model_arch.txt")
     head = f"No model_arch.png: {reason} (install pydot and Graphviz for the diagram).\n\n"
-    uf.atomic_write_text(txt, head + "\n".join(lines) + "\n")
+    io.atomic_write_text(txt, head + "\n".join(lines) + "\n")
     return txt

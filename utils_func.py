@@ -1,9 +1,10 @@
-"""Cityscapes class table, label decoding, colourising and plotting helpers.
+"""Cityscapes class table, colour <-> class, one-hot and colourising.
 
 The one table of classes lives here (`LABELS`); everything else (the 19
-trained classes, the decoding palette, the colours of predictions, the
-categories) is derived from it. The functions are pure NumPy so that they
-serve the tf.data pipeline's tests, prediction and plotting alike.
+trained classes, the decoding palette and its lookup table, the colours of
+predictions, the categories) is derived from it. A leaf of the project:
+pure NumPy, importing nothing of it, so that both input pipelines,
+prediction and plotting share it.
 """
 
 from __future__ import annotations
@@ -78,19 +79,14 @@ CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
 CATEGORIES: tuple[str, ...] = ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
 
 # Labels farther than this (RGB Euclidean distance) from every palette colour
-# are ignored. Why 60: on the real pairs 91% of label pixels lie within 30 of
-# a palette colour and 99% within 60; the rest are JPEG blends across class
+# are ignored. Label pixels off the palette are JPEG blends across class
 # edges. The midpoint of two palette colours more than 120 apart (road and
 # sidewalk, car and sky, ...) is over 60 from both, so such blends are
-# dropped, while 30 would throw away the blurred but unambiguous rims of thin
-# classes (poles, signs) where most of their pixels are. Close pairs
-# (bus/train, truck/caravan, 20 apart) are settled by the nearest colour.
+# dropped, while a much tighter bound would throw away the blurred but
+# unambiguous rims of thin classes (poles, signs) where most of their pixels
+# are. Close pairs (bus/train, truck/caravan, 20 apart) are settled by the
+# nearest colour.
 MAX_COLOR_DISTANCE = 60.0
-
-#: `--augment` choices: `none`; `flip` (random horizontal flip); `full`:
-#: flip, random zoom-and-crop and photometric jitter
-#: (`data_pipeline.augment_pair`).
-AUGMENTS = ("none", "flip", "full")
 
 
 def decode_palette() -> tuple[np.ndarray, np.ndarray]:
@@ -125,15 +121,15 @@ def color_lut(max_distance: float = MAX_COLOR_DISTANCE) -> np.ndarray:
     within `max_distance` of a palette colour can be kept, and such a
     colour's nearest palette colour is within that distance too, so it
     suffices to search the cube of side `2 * max_distance + 1` around each
-    palette colour: about 29 x 1.8 M distances instead of 29 x 16.8 M
-    (under a second, once per process).
+    palette colour, not the whole colour cube; built once per process and
+    threshold.
 
     Args:
         max_distance: Colours farther than this from every palette colour
             map to IGNORE_ID.
 
     Returns:
-        Read-only uint8 array `(2**24,)`, indexed by `r << 16 | g << 8 | b`.
+        Read-only uint8 array `(2**24,)`, indexed by `lut_index`.
     """
     colors, train_ids = decode_palette()
     limit = int(math.floor(max_distance**2))  # integer squared distances <= limit are kept
@@ -154,6 +150,21 @@ def color_lut(max_distance: float = MAX_COLOR_DISTANCE) -> np.ndarray:
     return lut
 
 
+def lut_index(rgb):
+    """Index of each colour into `color_lut`: `(r * 256 + g) * 256 + b`.
+
+    The one index of the table, for NumPy arrays and TensorFlow tensors
+    alike (arithmetic only), so that every decoder looks up the same entry.
+
+    Args:
+        rgb: int32 array or tensor `(..., 3)`, RGB.
+
+    Returns:
+        int32 array or tensor `(...)` in `0..2**24 - 1`.
+    """
+    return (rgb[..., 0] * 256 + rgb[..., 1]) * 256 + rgb[..., 2]
+
+
 def colors_to_ids(label_rgb: np.ndarray, max_distance: float = MAX_COLOR_DISTANCE) -> np.ndarray:
     """Decode a Cityscapes colour label image to trainIds by nearest colour.
 
@@ -166,8 +177,7 @@ def colors_to_ids(label_rgb: np.ndarray, max_distance: float = MAX_COLOR_DISTANC
         uint8 array of shape `(H, W)` with values in 0..18 or IGNORE_ID.
     """
     if max_distance == MAX_COLOR_DISTANCE:
-        rgb = np.asarray(label_rgb, np.int32)
-        return color_lut()[(rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]]
+        return color_lut()[lut_index(np.asarray(label_rgb, np.int32))]
     return nearest_color_ids(label_rgb, max_distance)
 
 
@@ -206,32 +216,6 @@ def one_hot(ids: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
     valid = ids < num_classes
     out[valid] = eye[ids[valid]]
     return out
-
-
-def class_weights(frequencies: np.ndarray, power: float = 0.5, max_weight: float = 10.0) -> np.ndarray:
-    """Per-class loss weights that lift rare classes: `f ** -power`.
-
-    Inverse square root (power 0.5) is milder than inverse frequency: rare
-    classes (rider, motorcycle: under 0.1% of pixels) get about 20x the weight
-    of road, not 500x. Weights are scaled so that their pixel-weighted mean is
-    1 (the loss keeps its scale), then clipped to `[1 / max_weight,
-    max_weight]`. Classes absent from the data get `max_weight`.
-
-    Args:
-        frequencies: Share of pixels per class, shape `(num_classes,)`.
-        power: Exponent; 0 gives all ones, 1 inverse frequency.
-        max_weight: Clip bound.
-
-    Returns:
-        float32 array `(num_classes,)`.
-    """
-    f = np.asarray(frequencies, np.float64)
-    w = np.full_like(f, max_weight)
-    present = f > 0
-    w[present] = f[present] ** -power
-    if present.any():
-        w[present] /= (f[present] * w[present]).sum() / f[present].sum()
-    return np.clip(w, 1.0 / max_weight, max_weight).astype(np.float32)
 
 
 def colorize(ids: np.ndarray) -> np.ndarray:

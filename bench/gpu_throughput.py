@@ -1,8 +1,9 @@
 """GPU training throughput of the classic UNet by precision, with MFU and a PyTorch reference.
 
 Runs the project's own Keras model (any backend; on a machine without
-TensorFlow use KERAS_BACKEND=jax) on real pairs decoded with OpenCV:
-float32, mixed_float16 and mixed_bfloat16, XLA on. FLOPs are counted from
+TensorFlow use KERAS_BACKEND=jax) on real pairs decoded by the NumPy
+pipeline (`numpy_pipeline`, which imports no TensorFlow): float32,
+mixed_float16 and mixed_bfloat16, XLA on. FLOPs are counted from
 the model's convolutions; the peak is the GPU's own measured matmul rate.
 In the same run, a PyTorch UNet of identical widths (AMP, channels_last,
 torch.compile) when PyTorch and a GPU are there.
@@ -23,36 +24,51 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-import utils_func as uf
+import utils_func as uf  # noqa: E402
 
 CLASSIC = (64, 128, 256, 512)
 
 
 def load_pairs(data_dir: str | None, count: int, size: int, seed: int = 0):
-    """Real pairs as uint8 photos `(N, S, S, 3)` and ids `(N, S, S)`; random ones without a folder."""
-    import cv2
+    """Pairs for the timed runs: real ones from a folder, else random pixels.
 
-    from cityscapes_unet.io import read_photo, resize_photo, split_pair
+    Args:
+        data_dir: Folder of pair JPEGs, decoded by the NumPy pipeline (no
+            TensorFlow); None for random pixels.
+        count: Number of samples (the files are repeated when fewer).
+        size: Side of the square model input.
+        seed: Seed of the random pixels.
 
+    Returns:
+        `(photos, ids)`: uint8 `(count, size, size, 3)` and uint8
+        `(count, size, size)` trainIds or IGNORE_ID.
+    """
     if not data_dir:
         rng = np.random.default_rng(seed)
         return rng.integers(0, 256, (count, size, size, 3), np.uint8), rng.integers(
             0, 19, (count, size, size), np.uint8
         )
     from cityscapes_unet.data.files import list_images
+    from cityscapes_unet.data.numpy_pipeline import decode_files
 
     files = list_images(data_dir)[:count]
-    photos, ids = [], []
-    for f in files:
-        photo, truth = split_pair(read_photo(f))
-        photos.append(resize_photo(photo, size))
-        ids.append(cv2.resize(truth, (size, size), interpolation=cv2.INTER_NEAREST))
-    reps = -(-count // len(files))
-    return np.concatenate([np.stack(photos)] * reps)[:count], np.concatenate([np.stack(ids)] * reps)[:count]
+    if not files:
+        sys.exit(f"error: --data-dir {data_dir}: no .jpg files")
+    _, photos, ids, _ = decode_files(files, size)
+    reps = -(-count // len(photos))
+    return np.concatenate([photos] * reps)[:count], np.concatenate([ids] * reps)[:count]
 
 
 def conv_flops(model) -> float:
-    """Forward FLOPs per image of the model's convolutions (2 per multiply-add)."""
+    """Forward FLOPs per image of the model's convolutions (2 per multiply-add).
+
+    Args:
+        model: A built Keras model.
+
+    Returns:
+        FLOPs of one image's forward pass through its `Conv2D` and
+        `Conv2DTranspose` layers.
+    """
     total = 0.0
     for layer in model.layers:
         kind = type(layer).__name__
@@ -67,7 +83,16 @@ def conv_flops(model) -> float:
 
 
 def matmul_peak(dtype: str, n: int, reps: int = 10) -> float:
-    """Measured FLOP/s of an n x n x n matrix product in `dtype` (keras.ops)."""
+    """Measured FLOP/s of an n x n x n matrix product in `dtype` (keras.ops).
+
+    Args:
+        dtype: `float32`, `float16` or `bfloat16`.
+        n: Side of the square matrices.
+        reps: Products timed after one warm-up.
+
+    Returns:
+        FLOP/s.
+    """
     from keras import ops
 
     a = ops.cast(ops.ones((n, n)), dtype) * 0.01
@@ -85,9 +110,23 @@ def matmul_peak(dtype: str, n: int, reps: int = 10) -> float:
 
 
 def keras_rate(photos, ids, size, widths, batch, policy, steps) -> float:
-    """Training images/s of the project's UNet under `policy`, XLA on."""
+    """Training images/s of the project's UNet under `policy`, XLA on.
+
+    Args:
+        photos: uint8 `(N, S, S, 3)`, N at least `batch * steps`.
+        ids: uint8 `(N, S, S)` trainIds or IGNORE_ID.
+        size: `S`.
+        widths: UNet widths per level.
+        batch: Batch size.
+        policy: Keras mixed-precision policy.
+        steps: Steps per timed epoch.
+
+    Returns:
+        Images per second of the best epoch after the first (which compiles).
+    """
     import keras
 
+    from cityscapes_unet.data.numpy_pipeline import to_model_inputs_np
     from segmentation_model import build_unet
 
     keras.mixed_precision.set_global_policy(policy)
@@ -98,9 +137,8 @@ def keras_rate(photos, ids, size, widths, batch, policy, steps) -> float:
         loss=keras.losses.CategoricalCrossentropy(reduction="mean_with_sample_weight"),
         jit_compile=True,
     )
-    y = np.eye(uf.NUM_CLASSES + 1, dtype=np.uint8)[np.minimum(ids, uf.NUM_CLASSES)][..., : uf.NUM_CLASSES]
-    w = (ids < uf.NUM_CLASSES).astype(np.uint8)
     n = batch * steps
+    _, y, w = to_model_inputs_np(photos[:n], ids[:n])
     times = []
 
     class Timer(keras.callbacks.Callback):
@@ -110,15 +148,27 @@ def keras_rate(photos, ids, size, widths, batch, policy, steps) -> float:
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t0)
 
-    model.fit(
-        photos[:n], y[:n], sample_weight=w[:n], batch_size=batch, epochs=3, verbose=0, callbacks=[Timer()]
-    )
+    model.fit(photos[:n], y, sample_weight=w, batch_size=batch, epochs=3, verbose=0, callbacks=[Timer()])
     keras.mixed_precision.set_global_policy("float32")
     return n / min(times[1:])  # the first epoch compiles
 
 
 def torch_rate(photos, ids, size, widths, batch, steps, amp_dtype) -> float | None:
-    """Training images/s of a PyTorch UNet of the same widths (AMP, channels_last, compiled)."""
+    """Training images/s of a PyTorch UNet of the same widths (AMP, channels_last, compiled).
+
+    Args:
+        photos: uint8 `(N, S, S, 3)`.
+        ids: uint8 `(N, S, S)` trainIds or IGNORE_ID (255, ignored).
+        size: `S`.
+        widths: UNet widths per level.
+        batch: Batch size.
+        steps: Steps per timed epoch.
+        amp_dtype: `torch.bfloat16` or `torch.float16`.
+
+    Returns:
+        Images per second of the best of two epochs after a warm-up, or
+        None without PyTorch or a CUDA GPU.
+    """
     try:
         import torch
         from torch import nn

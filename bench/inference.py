@@ -58,19 +58,21 @@ def _time(fn, x):
 def real_photos(data_dir: str, size: int, count: int) -> np.ndarray:
     """The left halves of the last `count` pairs in `data_dir`, resized."""
     from cityscapes_unet.data.files import list_images
-    from cityscapes_unet.io import read_photo, resize_photo, split_pair
+    from cityscapes_unet.data.numpy_pipeline import resize_area
+    from cityscapes_unet.io import read_photo, split_pair
 
     files = list_images(data_dir)[-count:]
-    return np.stack([resize_photo(split_pair(read_photo(f))[0], size) for f in files]).astype(np.float32)
+    photos = [resize_area(split_pair(read_photo(f))[0], size, size) for f in files]
+    return np.stack(photos).astype(np.float32)
 
 
 def measure(name: str, model, photos: np.ndarray, repeats: int, workdir: str) -> dict:
     """Time one Keras model and its OpenVINO export; compare their argmax."""
-    from cityscapes_unet.infer.engines import _openvino_engine
+    from cityscapes_unet.infer.engines import openvino_engine
 
     xml = os.path.join(workdir, f"{name.split()[0]}.xml")
     model.export(xml, format="openvino", verbose=False)
-    ov = _openvino_engine(xml, "bench")
+    ov = openvino_engine(xml, "bench")
     engines = {"keras": lambda x: np.asarray(model.predict_on_batch(x)), "openvino": ov.predict}
     row = {"name": name}
     for engine, fn in engines.items():

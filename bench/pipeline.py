@@ -24,11 +24,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-import utils_func as uf
+import utils_func as uf  # noqa: E402
 
 
 def baseline_batches(files: list[str], size: int, batch: int, palette: np.ndarray, train_ids: np.ndarray):
-    """The common style: generator, cv2, per-pixel nearest colour in NumPy."""
+    """The common style: generator, cv2, per-pixel nearest colour in NumPy.
+
+    Args:
+        files: Pair files.
+        size: Image side handed to the model.
+        batch: Batch size.
+        palette: float32 `(K, 3)` palette colours.
+        train_ids: uint8 `(K,)` trainId of each palette colour.
+
+    Yields:
+        `(x, y)`: float32 photos `(B, size, size, 3)` and float32 one-hot
+        masks `(B, size, size, 19)`.
+    """
     import cv2
 
     xs, ys = [], []
@@ -51,7 +63,15 @@ def baseline_batches(files: list[str], size: int, batch: int, palette: np.ndarra
 
 
 def timed(iterable) -> tuple[int, float, int]:
-    """Images, seconds and bytes per sample of one pass over batches."""
+    """Images, seconds and bytes per sample of one pass over batches.
+
+    Args:
+        iterable: Batches, each a tuple of arrays or tensors sharing their
+            first (batch) dimension.
+
+    Returns:
+        `(images, seconds, bytes per sample)`.
+    """
     t0 = time.perf_counter()
     n, per_sample = 0, 0
     for batch in iterable:

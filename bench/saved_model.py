@@ -4,7 +4,7 @@ Rebuilds the model a run saves (`segmentation_model.inference_model`, as
 training does) from the trained network inside a saved model, once per
 option, and scores each on the run's validation split (or `--data-dir`) at
 the model's input size, the labels' own for the pairs. An option is
-`TTA:ALPHA`: `--tta` (none, flip, scales) and `--logit-adjust` (with the
+`TTA:ALPHA`: ``tta` (none, flip, scales) and `logit_adjust` (with the
 run's class weights, from its `config.json`). Training is the same for all
 of them, so one run measures them all.
 
@@ -37,7 +37,7 @@ def main() -> None:
         "--options",
         type=str,
         default="flip:0,scales:0,scales:0.25",
-        help="Comma-separated TTA:ALPHA pairs (TTA: none, flip or scales; ALPHA: the --logit-adjust power).",
+        help="Comma-separated TTA:ALPHA pairs (TTA: none, flip or scales; ALPHA: the logit_adjust power).",
     )
     parser.add_argument(
         "--train-pairs",
@@ -75,7 +75,7 @@ def main() -> None:
     core = next((layer for layer in saved.layers if isinstance(layer, keras.Model)), saved)
     size, source = int(cfg["image_size"]), int(saved.input_shape[1])
     # The saved core holds the run's own adjustment in its head's bias
-    # (none for runs from before `--logit-adjust`): each option's is
+    # (none for runs from before `logit_adjust`): each option's is
     # applied relative to it.
     saved_alpha = float(cfg.get("logit_adjust", 0.0)) if weights is not None else 0.0
     if args.train_pairs:
@@ -87,7 +87,7 @@ def main() -> None:
     else:
         files, where, _ = resolve_eval_files(args.model, args.data_dir)
     print(f"{len(files)} pairs from {where}; network trained at {size}x{size}, scored at {source}x{source}")
-    print("| --tta | --logit-adjust | mean IoU | pixel accuracy | category mean IoU | seconds |")
+    print("| tta | logit_adjust | mean IoU | pixel accuracy | category mean IoU | seconds |")
     print("|---|---:|---:|---:|---:|---:|")
     for _, tta, alpha in options:
         bias = None

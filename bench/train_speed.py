@@ -50,29 +50,45 @@ class Timer:
 
 
 def measure(files, size, base, batch, policy, xla, steps, loss="ce"):
+    """Training images/s of one model, precision and loss.
+
+    Args:
+        files: Pair files; the first `steps * batch` are used.
+        size: Image side.
+        base: Base filters of the UNet.
+        batch: Batch size.
+        policy: Keras mixed-precision policy.
+        xla: Compile the step with XLA.
+        steps: Steps per timed epoch.
+        loss: A `--loss` value or a `LOSS_VARIANTS` key.
+
+    Returns:
+        Images per second of the fastest epoch after the first.
+    """
     import keras
     import numpy as np
 
     from cityscapes_unet.data.tf_pipeline import make_dataset
+    from cityscapes_unet.train import run
     from cityscapes_unet.train.config import TrainConfig
-    from cityscapes_unet.train.run import build_and_compile
+    from cityscapes_unet.train.losses import CrossEntropyLovasz
 
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    from cityscapes_unet.train import losses as training
-
     variant = LOSS_VARIANTS.get(loss)
     cfg = TrainConfig(
         image_size=size, base_filters=base, batch_size=batch, epochs=3, loss="ce_lovasz" if variant else loss
     )
-    make_loss = training.make_loss
+    # A variant replaces the loss that build_and_compile picks (its module's
+    # own name for make_loss).
+    make_loss = run.make_loss
     if variant:
-        training.make_loss = lambda weights, kind: training.CrossEntropyLovasz(list(weights), **variant)
+        run.make_loss = lambda weights, kind: CrossEntropyLovasz(list(weights), **variant)
     try:
         # Class weights, as in a default run (their values do not change the cost).
-        model = build_and_compile(cfg, steps, np.ones(19, "float32"), jit_compile=xla)
+        model = run.build_and_compile(cfg, steps, np.ones(19, "float32"), jit_compile=xla)
     finally:
-        training.make_loss = make_loss
+        run.make_loss = make_loss
     ds = make_dataset(files[: steps * batch], size, batch, training=True, seed=0)
     timer = Timer()
     model.fit(ds, epochs=3, verbose=0, callbacks=[timer.callback], shuffle=False)
@@ -81,7 +97,14 @@ def measure(files, size, base, batch, policy, xla, steps, loss="ce"):
 
 
 def model_spec(key: str) -> tuple[str, int, int, int]:
-    """A `MODELS` entry, or `SIZExFILTERS` (batch 8) for any other UNet size."""
+    """A `MODELS` entry, or `SIZExFILTERS` (batch 8) for any other UNet size.
+
+    Args:
+        key: A `MODELS` key or `SIZExFILTERS`.
+
+    Returns:
+        `(name, image size, base filters, batch size)`.
+    """
     if key in MODELS:
         return MODELS[key]
     size, sep, base = key.partition("x")

@@ -1,3 +1,5 @@
+"""Files in and out: atomic writes, run history, photos and side-by-side pairs."""
+
 from __future__ import annotations
 
 import contextlib
@@ -5,6 +7,7 @@ import csv
 import glob
 import json
 import os
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -17,14 +20,20 @@ TEMP_GLOB = ".*.tmp-*"
 
 
 @contextlib.contextmanager
-def atomic_file(path: str):
+def atomic_file(path: str, companions: Sequence[str] = ()) -> Iterator[str]:
     """Write a file atomically: yield a temporary path beside it, then rename.
 
     The caller writes the temporary file; on success it replaces `path` in
     one step, on any failure it is removed and `path` is left as it was.
+    Some writers also put files of their own beside the one they are given,
+    under its stem (OpenVINO writes `NAME.bin` beside `NAME.xml`): name their
+    extensions in `companions`, and they are moved to `path`'s stem the same
+    way, before `path` itself, so whoever finds `path` finds them whole.
 
     Args:
         path: Destination path.
+        companions: Extensions (with the dot) of the files the writer puts
+            beside the temporary path, under its stem.
 
     Yields:
         The temporary path to write, with the destination's extension (some
@@ -32,15 +41,19 @@ def atomic_file(path: str):
     """
     directory, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}{os.path.splitext(name)[1]}")
+    tmp_stem, stem = os.path.splitext(tmp)[0], os.path.splitext(path)[0]
+    moves = [(tmp_stem + ext, stem + ext) for ext in companions] + [(tmp, path)]
     try:
         yield tmp
-        os.replace(tmp, path)
+        for src, dst in moves:
+            os.replace(src, dst)
     finally:
-        if os.path.exists(tmp):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+        for src, _ in moves:
+            if os.path.exists(src):
+                try:
+                    os.remove(src)
+                except OSError:
+                    pass
 
 
 def remove_temporaries(folder: str) -> list[str]:
@@ -75,7 +88,12 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def write_json(path: str, obj) -> None:
-    """Write `obj` as indented JSON, atomically."""
+    """Write `obj` as indented JSON, atomically (see `atomic_file`).
+
+    Args:
+        path: Destination path.
+        obj: A JSON-serialisable value.
+    """
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
@@ -142,28 +160,16 @@ def split_pair(pair: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pair[:, : w // 2], uf.colors_to_ids(pair[:, w // 2 :])
 
 
-def resize_photo(photo: np.ndarray, size: int) -> np.ndarray:
-    """Resize a photo to the square model input, as training saw them.
-
-    The training pairs squash Cityscapes' 2:1 frames into squares, so any
-    photo is resized to a square too (area when shrinking, bilinear when
-    enlarging).
+def write_png(path: str, image: np.ndarray) -> None:
+    """Write a PNG atomically (see `atomic_file`).
 
     Args:
-        photo: uint8 `(H, W, 3)`.
-        size: Model input side.
+        path: Destination path.
+        image: uint8 RGB `(H, W, 3)` or single-channel `(H, W)`.
 
-    Returns:
-        uint8 `(size, size, 3)`.
+    Raises:
+        OSError: If the image cannot be encoded or written.
     """
-    import cv2
-
-    shrink = photo.shape[0] * photo.shape[1] > size * size
-    return cv2.resize(photo, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def write_png(path: str, image: np.ndarray) -> None:
-    """Write an RGB or single-channel uint8 PNG, atomically."""
     import cv2
 
     if image.ndim == 3:
@@ -171,11 +177,5 @@ def write_png(path: str, image: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"could not encode {path}")
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         buf.tofile(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -1,3 +1,9 @@
+"""Figures: training curves, photo | truth | prediction panels, confusion matrix, GIF.
+
+Matplotlib is imported when a figure is drawn (Agg, no display needed);
+every file is written atomically (`io.atomic_file`).
+"""
+
 from __future__ import annotations
 
 import os
@@ -8,6 +14,17 @@ import numpy as np
 import utils_func as uf
 from cityscapes_unet import io
 from utils_func import CLASSES, colorize
+
+
+def _save(fig, path: str) -> None:
+    """Save a figure atomically (the format from `path`'s extension) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with io.atomic_file(path) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
 
 
 def plot_history(history: dict[str, Sequence[float]], output_dir: str) -> list[str]:
@@ -54,8 +71,7 @@ def plot_history(history: dict[str, Sequence[float]], output_dir: str) -> list[s
         ax.legend()
         fig.tight_layout()
         path = os.path.join(output_dir, fname)
-        fig.savefig(path)
-        plt.close(fig)
+        _save(fig, path)
         written.append(path)
     return written
 
@@ -123,12 +139,16 @@ def save_panel_grid(
     fig.legend(handles=handles, loc="center right", fontsize=9, frameon=False)
     if title:
         fig.suptitle(title, fontsize=12, y=1 - 0.15 / height, va="top")
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_confusion(cm: np.ndarray, path: str) -> None:
-    """Save the row-normalised confusion matrix with class names on both axes."""
+    """Save the row-normalised confusion matrix with class names on both axes.
+
+    Args:
+        cm: `(19, 19)` confusion matrix, rows true classes, columns predicted.
+        path: PNG destination.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,8 +178,7 @@ def plot_confusion(cm: np.ndarray, path: str) -> None:
                 )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_gif(frames: list[str], path: str, ms_per_frame: int = 700) -> str | None:

@@ -72,3 +72,11 @@ def tiny_data(tmp_path):
     """A data folder with `train/` holding 12 synthetic 32x64 pairs."""
     write_pairs(tmp_path / "data" / "train", 12)
     return tmp_path / "data"
+
+
+@pytest.fixture(autouse=True)
+def float32_policy_after_each_test():
+    """Reset Keras' global dtype policy: a run in this process sets it (bf16 on CPUs with the units)."""
+    yield
+    if "keras" in sys.modules:
+        sys.modules["keras"].mixed_precision.set_global_policy("float32")

@@ -52,10 +52,10 @@ def test_evaluate_end_to_end_matches_training_metrics(tiny_data, tmp_path):
         "--precision",
         "float32",
         # Training's validation runs the network alone: so must the saved model.
-        "--tta",
-        "none",
-        "--logit-adjust",
-        0,
+        "--set",
+        "tta=none",
+        "--set",
+        "logit_adjust=0",
     )
     assert r.returncode == 0, r.stderr[-3000:]
     r = run_main("evaluate", "--model", out / "unet_model.keras")
@@ -137,3 +137,22 @@ def test_full_resolution_equals_model_size_when_sizes_match(tmp_path):
     cm, cm_full = evaluate_files(model, [str(p) for p in paths], batch_size=2)
     assert cm.sum() > 0 and cm.shape == (19, 19)
     np.testing.assert_array_equal(cm, cm_full)
+
+
+def test_undecodable_file_is_left_out_with_a_warning(tmp_path):
+    import keras
+
+    from cityscapes_unet.infer.evaluate import evaluate_files
+    from conftest import write_pairs
+    from segmentation_model import build_unet
+
+    paths = [str(p) for p in write_pairs(tmp_path / "pairs", 3, size=32)]
+    broken = tmp_path / "pairs" / "broken.jpg"
+    broken.write_bytes(open(paths[0], "rb").read()[:200])  # a truncated JPEG
+    keras.utils.set_random_seed(2)
+    model = build_unet(32, widths=(4, 8))
+    with pytest.warns(UserWarning, match="skipped .*broken.jpg"):
+        cm, cm_full = evaluate_files(model, [paths[0], str(broken), *paths[1:]], batch_size=2)
+    want, want_full = evaluate_files(model, paths, batch_size=2)
+    np.testing.assert_array_equal(cm, want)
+    np.testing.assert_array_equal(cm_full, want_full)

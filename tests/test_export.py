@@ -50,7 +50,8 @@ def test_export_openvino_then_predict_agrees_with_keras(model_dir, tmp_path, cap
     assert result["path"] == str(xml) and result["agreement"] >= 0.995
     assert xml.stat().st_size > 0 and (model_dir / "unet_model.bin").stat().st_size > 0
     assert "same class as Keras on" in printed and "synthetic photos" in printed
-    assert not list(model_dir.glob("*.tmp.*"))  # written under temporary names, then renamed
+    # Written under temporary names, then renamed: none is left.
+    assert not [p.name for p in model_dir.iterdir() if ".tmp" in p.name]
 
     photos = _photos(tmp_path / "photos")
     outs = {}
@@ -108,7 +109,7 @@ def test_export_saved_model(model_dir, tmp_path):
 def test_export_openvino_of_a_model_at_source_size(tmp_path, flip):
     # The saved model of a run below the data's size: area resize in,
     # bilinear scores out (segmentation_model.at_source_size); with the
-    # mirrored photo's scores averaged in, as `--tta flip` saves it.
+    # mirrored photo's scores averaged in, as `--set tta=flip` saves it.
     from cityscapes_unet.infer.export import run_export
     from cityscapes_unet.infer.saved_model import at_source_size
 

@@ -171,7 +171,7 @@ def test_evaluate_of_a_folder_with_a_non_utf8_name(tmp_path, capsys):
 
 
 def _hold_lock(folder):
-    code = f"import sys, time; sys.path.insert(0, {ROOT!r}); import run_folder; run_folder.RunLock({str(folder)!r}); print('held', flush=True); time.sleep(300)"
+    code = f"import sys, time; sys.path.insert(0, {ROOT!r}); from cityscapes_unet.train.outputs import RunLock; RunLock({str(folder)!r}); print('held', flush=True); time.sleep(300)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
@@ -263,12 +263,12 @@ def test_unwritable_output_folder_one_line(tiny_data, tmp_path, capsys):
 
 def test_disk_full_at_start_up_is_one_line(tiny_data, tmp_path, monkeypatch, capsys):
     import main
-    import utils_func
+    from cityscapes_unet import io
 
     def full(path, obj):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
-    monkeypatch.setattr(utils_func, "write_json", full)
+    monkeypatch.setattr(io, "write_json", full)
     code = main.main(
         ["--data-dir", str(tiny_data), "--output-dir", str(tmp_path / "o"), "--epochs", "1"]
         + [str(a) for a in TINY]

@@ -121,17 +121,6 @@ def test_classes_table_json_ready():
     json.dumps(table)
 
 
-def test_class_weights_hand_computed():
-    # f**-0.5 = [sqrt2, 2, 2]; pixel-weighted mean = 0.5*sqrt2 + 0.25*2 + 0.25*2.
-    w = uf.class_weights(np.array([0.5, 0.25, 0.25, 0.0]))
-    mean = 0.5 * np.sqrt(2) + 1.0
-    np.testing.assert_allclose(w, [np.sqrt(2) / mean, 2 / mean, 2 / mean, 10.0], rtol=1e-6)
-    # Clipped at both ends; power 0 gives ones.
-    w = uf.class_weights(np.array([0.999999, 1e-6]), max_weight=5)
-    assert w.max() == 5 and w.min() >= 0.2
-    np.testing.assert_allclose(uf.class_weights(np.array([0.7, 0.3]), power=0), [1, 1])
-
-
 def test_color_lut_equals_the_palette_search():
     """The table behind both pipelines gives the search's id (checked once on
     all 2**24 colours; here on 2**21 random ones and every colour near the palette)."""

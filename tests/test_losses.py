@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from cityscapes_unet.train.losses import CrossEntropyDice
+from cityscapes_unet.train.losses import CrossEntropyDice, class_weights
 
 
 def _onehot(ids, c=3):
@@ -194,3 +194,14 @@ def test_binned_lovasz_is_exact_when_every_error_has_its_own_bin():
     y = np.array([[[[1, 0], [1, 0]]]], np.float32)
     p = np.array([[[[0.8, 0.2], [0.4, 0.6]]]], np.float32)
     assert float(lovasz_softmax(y, p, bins=4096)) == pytest.approx(0.4, rel=1e-6)
+
+
+def test_class_weights_hand_computed():
+    # f**-0.5 = [sqrt2, 2, 2]; pixel-weighted mean = 0.5*sqrt2 + 0.25*2 + 0.25*2.
+    w = class_weights(np.array([0.5, 0.25, 0.25, 0.0]))
+    mean = 0.5 * np.sqrt(2) + 1.0
+    np.testing.assert_allclose(w, [np.sqrt(2) / mean, 2 / mean, 2 / mean, 10.0], rtol=1e-6)
+    # Clipped at both ends; power 0 gives ones.
+    w = class_weights(np.array([0.999999, 1e-6]), max_weight=5)
+    assert w.max() == 5 and w.min() >= 0.2
+    np.testing.assert_allclose(class_weights(np.array([0.7, 0.3]), power=0), [1, 1])

@@ -189,6 +189,26 @@ def test_at_source_size_resizes_like_the_pipeline(source, size):
     assert not model.get_layer("photo_area_h").trainable
 
 
+@pytest.mark.parametrize("source, size", [(256, 96), (256, 100), (32, 16), (24, 16), (16, 32)])
+def test_area_matrix_is_the_numpy_pipelines_area_resize(source, size):
+    """Without TensorFlow: the in-model resize is `resize_area` before its rounding."""
+    from cityscapes_unet.data.numpy_pipeline import resize_area
+    from cityscapes_unet.infer.saved_model import area_matrix, at_source_size
+
+    model = at_source_size(build_unet(size, widths=(4, 8)), source)
+    x = np.random.default_rng(source * size).integers(0, 256, (2, source, source, 3)).astype(np.uint8)
+    inner = keras.Model(model.input, model.get_layer("photo_to_hwc").output).predict(
+        x.astype("float32"), verbose=0
+    )
+    rounded = np.stack([resize_area(photo, size, size) for photo in x]).astype(np.float32)
+    # The same values but for the rounding: where the two differ by a grey
+    # level, the unrounded value is a tie (x.5, summed in another order).
+    assert np.abs(inner - rounded).max() <= 0.5 + 5e-3
+    apart = np.round(inner) != rounded
+    assert (np.abs(inner - np.floor(inner) - 0.5)[apart] < 5e-3).all()
+    np.testing.assert_allclose(area_matrix(source, size).sum(1), 1.0, atol=1e-6)
+
+
 @pytest.mark.parametrize("source, size", [(256, 96), (24, 16), (32, 32)])
 def test_at_source_size_with_flip_averages_the_mirrored_scores(source, size):
     tf = pytest.importorskip("tensorflow")

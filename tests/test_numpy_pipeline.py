@@ -1,4 +1,4 @@
-"""numpy_pipeline: the TensorFlow-free pipeline against data_pipeline's tf.data one."""
+"""numpy_pipeline: the TensorFlow-free pipeline against tf_pipeline's tf.data one."""
 
 import os
 import platform
@@ -16,6 +16,7 @@ from cityscapes_unet.data.numpy_pipeline import (
     nearest_source_indices,
     resize_area,
     resize_nearest,
+    to_model_inputs_np,
 )
 from conftest import ROOT, SHARED_TRAIN, write_pairs
 from utils_func import CLASSES, IGNORE_ID, NUM_CLASSES
@@ -239,8 +240,8 @@ def test_runs_without_tensorflow(tmp_path):
     files = write_pairs(tmp_path, 6, size=16)
     script = f"""
 import sys
-import numpy_pipeline
-assert "tensorflow" not in sys.modules, "numpy_pipeline imported tensorflow"
+from cityscapes_unet.data import numpy_pipeline, source
+assert "tensorflow" not in sys.modules, "numpy_pipeline or source imported tensorflow"
 
 
 class NoTensorFlow:
@@ -291,3 +292,52 @@ def test_run_samples_at_the_run_size_or_the_data_size(tmp_path, pipeline):
     photo, full_ids = decode_pair_np(files[4], 32)
     np.testing.assert_array_equal(ids[0], full_ids)
     assert np.abs(photos[0].astype(int) - photo).max() <= 1  # JPEG decoders may differ by 1
+
+
+def test_padded_batches_match_tf(tf, tmp_path):
+    """Both pipelines pad with weightless samples and expand ids the same way
+    (`decode.targets`, `decode.padding`)."""
+    from cityscapes_unet.data.tf_pipeline import make_dataset, to_model_inputs
+
+    files = write_pairs(tmp_path, 5, size=16)
+    ours = PairDataset(files, 16, 2, training=False, pad_to=4)
+    theirs = [tuple(t.numpy() for t in b) for b in make_dataset(files, 16, 2, training=False, pad_to=4)]
+    assert len(ours) == len(theirs) == 3
+    for i, batch in enumerate(theirs):
+        for a, b in zip(ours[i], batch, strict=True):
+            assert a.shape[0] == 4 and a.dtype == b.dtype == np.uint8
+            np.testing.assert_array_equal(a, b)
+    # The last batch: one sample, three pads with zero photos, masks and weights.
+    x, y, w = ours[2]
+    assert not x[1:].any() and not y[1:].any() and not w[1:].any() and w[0].any()
+    ids = np.array([[0, 18, 19, IGNORE_ID]], np.uint8)
+    tf_inputs = [t.numpy() for t in to_model_inputs(tf.constant(ids), tf.constant(ids))]
+    for _, y, w in (to_model_inputs_np(ids, ids), tf_inputs):
+        np.testing.assert_array_equal(w, [[1, 1, 0, 0]])
+        np.testing.assert_array_equal(y.argmax(-1)[w == 1], [0, 18])
+        np.testing.assert_array_equal(y.sum(-1), w)
+
+
+def test_gpu_throughput_bench_reads_pairs_without_tensorflow(tmp_path):
+    """`bench/gpu_throughput.py --data-dir` decodes with this pipeline: it runs
+    under JAX where TensorFlow cannot be imported."""
+    pytest.importorskip("jax")
+    write_pairs(tmp_path, 5, size=32)
+    script = f"""
+import runpy, sys
+
+
+class NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ModuleNotFoundError("No module named 'tensorflow'")
+
+
+sys.meta_path.insert(0, NoTensorFlow())
+sys.argv = ["gpu_throughput.py", "--tiny", "--data-dir", {str(tmp_path)!r}, "--policies", "float32"]
+runpy.run_path({os.path.join(ROOT, "bench", "gpu_throughput.py")!r}, run_name="__main__")
+"""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "real pairs from" in r.stdout and "keras float32" in r.stdout

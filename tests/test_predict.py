@@ -67,6 +67,44 @@ def test_split_pair_and_overlay():
     assert (mixed == [0, 0, 71]).all()
 
 
+def test_atomic_file_moves_companions_first_and_cleans_up(tmp_path):
+    from cityscapes_unet.io import atomic_file
+
+    dest = tmp_path / "m.xml"
+    with atomic_file(str(dest), companions=(".bin",)) as tmp:
+        assert tmp.endswith(".xml") and not dest.exists()
+        open(tmp, "w").write("xml")
+        open(tmp[: -len(".xml")] + ".bin", "w").write("bin")
+    assert dest.read_text() == "xml" and (tmp_path / "m.bin").read_text() == "bin"
+    # A failed write leaves the old files and no temporary.
+    with pytest.raises(RuntimeError), atomic_file(str(dest), companions=(".bin",)) as tmp:
+        open(tmp, "w").write("new")
+        open(tmp[: -len(".xml")] + ".bin", "w").write("new")
+        raise RuntimeError
+    assert dest.read_text() == "xml" and (tmp_path / "m.bin").read_text() == "bin"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]
+
+
+def test_predict_feeds_pairs_as_training_decodes_them(tmp_path, monkeypatch):
+    """The model sees the photo of a pair exactly as the training pipeline decodes it."""
+    from cityscapes_unet.data.numpy_pipeline import decode_pair_np
+    from cityscapes_unet.infer import predict
+    from cityscapes_unet.infer.engines import Engine
+
+    paths = write_pairs(tmp_path / "pairs", 2, size=48)
+    seen = []
+
+    def fake(x):
+        seen.append(x.copy())
+        return np.full((len(x), 32, 32, uf.NUM_CLASSES), 1 / uf.NUM_CLASSES, np.float32)
+
+    monkeypatch.setattr(predict, "load_engine", lambda path, engine: Engine("keras", path, 32, fake))
+    summary = predict.run_predict("m.keras", [str(tmp_path / "pairs")], str(tmp_path / "out"), pairs=True)
+    assert summary["predicted"] == 2
+    want = np.stack([decode_pair_np(p, 32)[0] for p in paths]).astype(np.float32)
+    np.testing.assert_array_equal(np.concatenate(seen), want)
+
+
 def test_predict_command_photos(tiny_model, tmp_path):
     src = tmp_path / "in"
     src.mkdir()

@@ -251,7 +251,7 @@ def test_models_refused_with_one_line(tmp_path):
         (["--learning-rate", "nan"], "--learning-rate nan"),
         (["--image-size", "24"], "--image-size 24: must be a positive multiple of 16"),
         (["--base-filters", "0"], "--base-filters 0"),
-        (["--val-split", "0"], "--val-split 0"),
+        (["--set", "val_split=0"], "--set val_split=0"),
         (["--epochs", "ten"], "--epochs: invalid int value"),
     ],
 )

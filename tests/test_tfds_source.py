@@ -1,4 +1,4 @@
-"""tfds_source: Cityscapes through TensorFlow Datasets, without the real data.
+"""cityscapes_unet.data.tfds: Cityscapes through TensorFlow Datasets, without the real data.
 
 Two ways in, both offline: `tfds.testing.mock_data` (random examples of the
 builder's own features, no files), and the real builder preparing tiny zips
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cityscapes_unet.data import tf_pipeline as data_pipeline
+from cityscapes_unet.data import tf_pipeline
 from cityscapes_unet.data import tfds as tfds_source
 from cityscapes_unet.data.tfds import LABEL_ID_TO_TRAIN_ID, load_cityscapes, num_examples, sample_pairs
 from conftest import write_pairs
@@ -89,12 +89,12 @@ def test_load_with_mock_data_matches_the_raw_examples(mocked):
 
 def test_make_dataset_accepts_it(mocked, tmp_path):
     decoded = load_cityscapes("validation", 32, manual_dir=mocked)
-    freqs = data_pipeline.class_frequencies(decoded)
+    freqs = tf_pipeline.class_frequencies(decoded)
     assert freqs.shape == (NUM_CLASSES,) and freqs.sum() == pytest.approx(1.0)
     files = write_pairs(tmp_path / "pairs", 2)
     for augment in ("flip", "full"):
-        ds = data_pipeline.make_dataset(decoded, 32, batch_size=2, training=True, augment=augment)
-        pairs_ds = data_pipeline.make_dataset(files, 32, batch_size=2, training=True, augment=augment)
+        ds = tf_pipeline.make_dataset(decoded, 32, batch_size=2, training=True, augment=augment)
+        pairs_ds = tf_pipeline.make_dataset(files, 32, batch_size=2, training=True, augment=augment)
         assert ds.element_spec == pairs_ds.element_spec
         sizes = []
         for x, y, w in ds:

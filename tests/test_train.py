@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -78,7 +79,7 @@ def test_save_load_in_fresh_process_without_project(tmp_path, loss):
     # What the run's checkpoint writes (an uncompiled view: no custom loss in
     # the file), and, for the built-in loss, the compiled training model.
     at_source_size(model, 32).save(tmp_path / "m.keras")
-    flip = at_source_size(model, 48, flip=True)  # what `--tta flip` saves: resize and mirror inside
+    flip = at_source_size(model, 48, flip=True)  # what `--set tta=flip` saves: resize and mirror inside
     flip.save(tmp_path / "flip.keras")
     model.save(tmp_path / "compiled.keras")
     np.save(tmp_path / "x.npy", x)
@@ -221,7 +222,7 @@ def _check_saved_at_data_size(r, out, tmp_path):
     assert "(None, 32, 32, 3) (None, 32, 32, 19)" in r.stdout
     y = np.load(tmp_path / "y.npy")
 
-    # The same as the trained core (any input size, `--tta scales`, the
+    # The same as the trained core (any input size, `tta=scales`, the
     # default) on the pipeline's area resize to 16x16 and to 32x32 (16 * 7/6
     # rounded up to a multiple of 16), each averaged with its scores of the
     # mirrored photo mirrored back and resized bilinearly, then averaged.
@@ -273,7 +274,7 @@ def test_main_skips_bad_files_and_goes_on(tiny_data, tmp_path):
         (["--image-size", "-32"], "--image-size -32"),
         (["--image-size", "100"], "--image-size 100"),
         (["--batch-size", "0"], "--batch-size 0"),
-        (["--val-split", "1.5"], "--val-split 1.5"),
+        (["--set", "val_split=1.5"], "--set val_split=1.5: must be between 0 and 1"),
         (["--data-dir", "/nonexistent/folder"], "--data-dir /nonexistent/folder: folder not found"),
     ],
 )
@@ -390,43 +391,15 @@ def test_encoder_model_offline_falls_back_to_random_weights(tmp_path, capsys):
     assert r.returncode == 2 and "--image-size 48: must be a positive multiple of 32" in r.stderr
 
 
-def test_autosize_takes_the_largest_size_that_fits():
-    from cityscapes_unet.train.config import choose_autosize, measure_step_rate, projected_run_seconds
-
-    # The CPU default's measured run: 18.8 images/s; 10 epochs over 2529 +
-    # 446 pairs took 26.5 min.
-    assert 25 < projected_run_seconds(18.8, 2529, 446, 10) / 60 < 28
-    rates = {(96, 16): 90.0, (96, 24): 45.0, (128, 24): 25.0, (128, 32): 12.0, (160, 32): 8.0}
-    calls = []
-
-    def fake(size, filters, batch, jit):
-        calls.append((size, filters))
-        return rates[(size, filters)]
-
-    (size, filters), lines = choose_autosize(2529, 446, 10, 8, True, measure=fake)
-    # 25 images/s: 10 * (2529 + 446 / 3) / 25 + 180 s = 20.9 min, fits 25;
-    # 12 images/s: 40 min does not, and nothing larger is measured.
-    assert (size, filters) == (128, 24)
-    assert calls == [(96, 16), (96, 24), (128, 24), (128, 32)]
-    assert len(lines) == 4 and "over 25 min" in lines[-1] and "over" not in lines[-2]
-    # Too slow even for the first size: it is kept, nothing else measured.
-    calls.clear()
-    assert choose_autosize(2529, 446, 10, 8, True, measure=lambda *a: calls.append(a) or 5.0)[0] == (96, 16)
-    assert len(calls) == 1
-    # The real measurement, on a tiny model, with the run's loss.
-    assert measure_step_rate(32, 4, 2, False) > 0
-    assert measure_step_rate(32, 4, 2, False, loss="ce_lovasz", steps=1) > 0
-
-
 @pytest.mark.parametrize(
     "precision, bf16_units, expected",
     [
-        ("auto", True, ("mixed_bfloat16", "CPU_BF16_DEFAULTS")),
-        ("auto", False, ("float32", "CPU_DEFAULTS")),
+        ("auto", True, ("mixed_bfloat16", "cpu_bf16")),
+        ("auto", False, ("float32", "cpu")),
         # float32 asked for on a CPU with bf16 units: the float32 default's speed.
-        ("float32", True, ("float32", "CPU_DEFAULTS")),
+        ("float32", True, ("float32", "cpu")),
         # bf16 without the units is no faster: the float32 default's size.
-        ("mixed_bfloat16", False, ("mixed_bfloat16", "CPU_DEFAULTS")),
+        ("mixed_bfloat16", False, ("mixed_bfloat16", "cpu")),
     ],
 )
 def test_cpu_defaults_follow_the_precision(monkeypatch, precision, bf16_units, expected):
@@ -434,63 +407,40 @@ def test_cpu_defaults_follow_the_precision(monkeypatch, precision, bf16_units, e
 
     monkeypatch.setattr(config, "cpu_has_bf16_matmul", lambda: bf16_units)
     cfg, policy, reasons = config.resolve_config(config.TrainConfig(precision=precision), on_gpu=False)
-    defaults = getattr(config, expected[1])
+    kind = expected[1]
+    defaults, why = config.MACHINE_DEFAULTS[kind]
     assert policy == expected[0]
     assert (cfg.image_size, cfg.base_filters, cfg.batch_size) == tuple(
         defaults[k] for k in ("image_size", "base_filters", "batch_size")
     )
-    assert any(r.startswith(f"base_filters = {defaults['base_filters']} (CPU") for r in reasons)
+    # One line says which machine's defaults and why; each default says where it came from.
+    assert reasons[0] == f"machine = {kind} ({why})"
+    assert f"base_filters = {defaults['base_filters']} ({kind} default)" in reasons
     # The short CPU runs underfit: no flip unless asked for.
-    assert cfg.augment == "none" and any(r.startswith("augment = none (CPU") for r in reasons)
+    assert cfg.augment == "none" and f"augment = none ({kind} default)" in reasons
     # What is given on the command line stays.
-    cfg, _, _ = config.resolve_config(
+    cfg, _, reasons = config.resolve_config(
         config.TrainConfig(precision=precision, base_filters=8, augment="flip"), on_gpu=False
     )
     assert cfg.base_filters == 8 and cfg.augment == "flip"
-    # Residual blocks on the bf16 CPU default; a given --block stays.
-    assert cfg.block == defaults["block"] == ("residual" if expected[1] == "CPU_BF16_DEFAULTS" else "plain")
+    assert "base_filters = 8 (from the command line)" in reasons
+    # Residual blocks on the bf16 CPU default; a given block stays.
+    assert cfg.block == defaults["block"] == ("residual" if kind == "cpu_bf16" else "plain")
     assert config.resolve_config(config.TrainConfig(block="plain"), on_gpu=False)[0].block == "plain"
     # A GPU's longer runs keep the flip, and the classic (plain) UNet.
     gpu = config.resolve_config(config.TrainConfig(precision="mixed_float16"), on_gpu=True)[0]
     assert gpu.augment == "flip" and gpu.block == "plain"
 
 
-@pytest.mark.parametrize(
-    "rates, chosen",
-    [
-        ({(32, 4): 1000.0, (32, 8): 500.0, (64, 8): 0.001}, (32, 8)),  # a larger size: the data reopened
-        ({(32, 4): 1000.0, (32, 8): 0.001}, (32, 4)),  # the first size kept
-    ],
-)
-def test_autosize_on_sizes_the_run(tiny_data, tmp_path, monkeypatch, capsys, rates, chosen):
-    from cityscapes_unet.train import config, run
+def test_machine_defaults_table():
+    from cityscapes_unet.train.config import MACHINE_DEFAULTS
 
-    monkeypatch.setattr(training, "AUTOSIZE_LADDER", ((32, 4), (32, 8), (64, 8)))
-    losses_timed = []
-    monkeypatch.setattr(
-        training, "measure_step_rate", lambda s, f, b, j, loss: losses_timed.append(loss) or rates[(s, f)]
-    )
-    out_dir = tmp_path / "out"
-    cfg = config.TrainConfig(
-        data_dir=str(tiny_data),
-        output_dir=str(out_dir),
-        epochs=1,
-        batch_size=4,
-        xla="off",
-        autosize="on",
-        progress_every=0,
-        num_preds=1,
-    )
-    run.run_training(cfg)
-    saved = json.loads((out_dir / "config.json").read_text())
-    assert (saved["image_size"], saved["base_filters"]) == chosen
-    assert len(saved["autosize_measured"]) == len(rates) and "over 25 min" in saved["autosize_measured"][-1]
-    printed = capsys.readouterr().out
-    assert f"base_filters = {chosen[1]} (--autosize on: the largest size" in printed
-    assert "Best validation mean IoU" in printed
-    assert keras.models.load_model(out_dir / "unet_model.keras").input_shape == (None, 32, 32, 3)
-    # Each size is timed with the run's own loss.
-    assert losses_timed == [cfg.loss] * len(rates)
+    assert set(MACHINE_DEFAULTS) == {"cpu", "cpu_bf16", "gpu"}
+    for values, why in MACHINE_DEFAULTS.values():
+        assert set(values) == {"image_size", "base_filters", "batch_size", "augment", "block"}
+        # A reason in a few words, with no measured figures in it.
+        assert isinstance(why, str) and "\n" not in why and len(why) < 100
+        assert not re.search(r"\b\d", why), why  # "bf16" is a name, not a figure
 
 
 def test_resume_of_a_run_from_before_block_builds_plain_blocks(tmp_path):
@@ -498,7 +448,7 @@ def test_resume_of_a_run_from_before_block_builds_plain_blocks(tmp_path):
 
     from cityscapes_unet.train import config, run
 
-    # config.json of a run written before --block existed: no "block" key.
+    # config.json of a run written before the block setting existed: no "block" key.
     saved = {
         "data_dir": "images",
         "output_dir": str(tmp_path),

@@ -24,12 +24,26 @@ MAX_PAIR_HEIGHT = 4096
 
 
 def display_name(path: str) -> str:
-    """`path` as it can be printed: bytes that are not UTF-8 shown as `\\xNN`."""
+    """`path` as it can be printed: bytes that are not UTF-8 shown as `\\xNN`.
+
+    Args:
+        path: A file path, possibly holding bytes that are not UTF-8.
+
+    Returns:
+        A printable string.
+    """
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def natural_key(path: str):
-    # "2.jpg" before "10.jpg".
+    """Sort key of a file name whose numbers compare as numbers.
+
+    Args:
+        path: A file path; only its base name counts.
+
+    Returns:
+        A list of strings and ints: "2.jpg" sorts before "10.jpg".
+    """
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
 
 

@@ -1,29 +1,28 @@
 """NumPy/OpenCV input pipeline for the Cityscapes image pairs, without TensorFlow.
 
-The counterpart of `data_pipeline`'s tf.data pipeline for machines that run
-Keras on JAX or PyTorch and have no TensorFlow: the same decoding (photo
-resized by area, label half decoded to trainIds at full size, then resized
-by nearest neighbour), the same cache of compact uint8 arrays, the same
-seeded shuffling and flips, and the same `(x, y, w)` batches, served by a
+The counterpart of `tf_pipeline`'s tf.data pipeline for machines that run
+Keras on JAX or PyTorch and have no TensorFlow: the same decode steps
+(`decode.decode_halves`, here with NumPy's kernels, `NUMPY_KERNELS`), the
+same cache of compact uint8 arrays, the same seeded shuffling and flips,
+and the same `(x, y, w)` batches (`decode.targets`), served by a
 `keras.utils.PyDataset`.
 
-The decoded arrays are those of `data_pipeline.decode_pair`, bit for bit, on
+The decoded arrays are those of `tf_pipeline.decode_pair`, bit for bit, on
 x86-64 (checked by `tests/test_numpy_pipeline.py`):
 
 - JPEG: OpenCV's libjpeg decodes with the same integer DCT that
   `decode_jpeg(dct_method="INTEGER_ACCURATE")` asks for.
 - Photo: `resize_area` reproduces TensorFlow's `ResizeArea` kernel in float32,
   operation by operation. `cv2.INTER_AREA` is not used: it rounds ties
-  upwards where TensorFlow rounds them to even (256 -> 128 changes 14% of the
-  values by one grey level) and interpolates bilinearly when enlarging.
-- Ids: `colors_to_ids` looks them up in the table of `uf.color_lut`,
-  as the tf.data pipeline does, and `resize_nearest` brings them to the
-  model's size picking the source pixels of TensorFlow 2's
-  `method="nearest"` (half-pixel centres),
-  not those of `cv2.INTER_NEAREST`, which moves validation mean IoU by
-  about 0.01 (README, "Score a model").
+  upwards where TensorFlow rounds them to even, and interpolates bilinearly
+  when enlarging.
+- Ids: `utils_func.colors_to_ids` looks them up in `utils_func.color_lut`,
+  the table the tf.data pipeline gathers from, and `resize_nearest` brings
+  them to the model's size picking the source pixels of TensorFlow 2's
+  `method="nearest"` (half-pixel centres), not those of
+  `cv2.INTER_NEAREST`, which would change the validation scores.
 
-Nothing here imports TensorFlow, directly or through `data_pipeline`.
+Nothing here imports TensorFlow, directly or through `tf_pipeline`.
 """
 
 from __future__ import annotations
@@ -38,8 +37,8 @@ import cv2
 import keras
 import numpy as np
 
-from utils_func import AUGMENTS, IGNORE_ID, NUM_CLASSES
-from utils_func import colors_to_ids as uf_colors_to_ids
+from cityscapes_unet.data import decode
+from utils_func import NUM_CLASSES, colors_to_ids
 
 
 def nearest_source_indices(in_size: int, out_size: int) -> np.ndarray:
@@ -114,7 +113,7 @@ def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
     Reproduces TensorFlow's float32 arithmetic in the same order (sum along a
     row, then across rows, then one multiplication by the inverse area), so
     that ties round the same way; then rounds half to even and clips, as
-    `data_pipeline.decode_pair` does.
+    `tf_pipeline.area_resize` does.
 
     Args:
         image: uint8 array `(H, W, C)`.
@@ -142,24 +141,8 @@ def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.round(out).astype(np.uint8)  # half to even, like tf.round
 
 
-def colors_to_ids(label_rgb: np.ndarray) -> np.ndarray:
-    """Decode a colour label image to trainIds by nearest palette colour.
-
-    `uf.colors_to_ids` with its default `MAX_COLOR_DISTANCE`: one
-    lookup per pixel in the exact table of every 24-bit colour
-    (`uf.color_lut`), the same table `data_pipeline` gathers from.
-
-    Args:
-        label_rgb: uint8 array `(H, W, 3)`, RGB.
-
-    Returns:
-        uint8 array `(H, W)` of trainIds 0..18 or IGNORE_ID.
-    """
-    return uf_colors_to_ids(np.asarray(label_rgb, np.uint8))
-
-
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode a JPEG file to RGB the way `data_pipeline.decode_pair` does.
+    """Decode a JPEG file to RGB the way `tf_pipeline.decode_pair` does.
 
     Args:
         path: File path.
@@ -184,10 +167,24 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def _area_square(photo: np.ndarray, image_size: int) -> np.ndarray:
+    if photo.shape[:2] == (image_size, image_size):
+        return photo  # the identity, as in tf_pipeline.area_resize
+    return resize_area(photo, image_size, image_size)
+
+
+def _nearest_square(array: np.ndarray, image_size: int) -> np.ndarray:
+    return resize_nearest(array, image_size, image_size)
+
+
+#: NumPy's kernels for `decode.decode_halves`.
+NUMPY_KERNELS = decode.Kernels(_area_square, _nearest_square, colors_to_ids)
+
+
 def decode_pair_np(path: str | os.PathLike, image_size: int, full_labels: bool = False):
     """Read one pair file and return the resized photo and label ids.
 
-    The NumPy counterpart of `data_pipeline.decode_pair`, with the same
+    The NumPy counterpart of `tf_pipeline.decode_pair`, with the same
     outputs.
 
     Args:
@@ -203,25 +200,15 @@ def decode_pair_np(path: str | os.PathLike, image_size: int, full_labels: bool =
     Raises:
         ValueError: If the file cannot be decoded.
     """
-    image = read_rgb(path)
-    half = image.shape[1] // 2
-    photo, label = image[:, :half], image[:, half:]
-    photo = resize_area(photo, image_size, image_size)
-    # Nearest neighbour only for ids. Picking pixels commutes with the
-    # per-pixel colour -> id map, so without `full_labels` only the picked
-    # pixels are looked up (the same ids, as in `data_pipeline.decode_pair`).
-    if not full_labels:
-        return photo, colors_to_ids(resize_nearest(label, image_size, image_size))
-    full_ids = colors_to_ids(label)
-    return photo, resize_nearest(full_ids, image_size, image_size), full_ids
+    return decode.decode_halves(read_rgb(path), image_size, NUMPY_KERNELS, full_labels)
 
 
 def to_model_inputs_np(photo: np.ndarray, ids: np.ndarray, num_classes: int = NUM_CLASSES):
     """Expand cached uint8 arrays into what the model trains on.
 
-    The counterpart of `data_pipeline.to_model_inputs`. Everything stays
-    uint8 (a 256x256 one-hot mask is 1.2 MB instead of 5 MB in the float32
-    of `uf.one_hot`); Keras casts inside the training step.
+    The counterpart of `tf_pipeline.to_model_inputs`. Everything stays
+    uint8 (a quarter of the memory of float32 one-hot masks); Keras casts
+    inside the training step.
 
     Args:
         photo: uint8 `(B, H, W, 3)`.
@@ -231,28 +218,66 @@ def to_model_inputs_np(photo: np.ndarray, ids: np.ndarray, num_classes: int = NU
     Returns:
         `(x, y, w)`: uint8 photo `(B, H, W, 3)` in 0..255, uint8 one-hot
         masks `(B, H, W, num_classes)` (all zeros on ignored pixels), and
-        uint8 per-pixel weights `(B, H, W)` (0 on ignored pixels, else 1).
+        uint8 per-pixel weights `(B, H, W)` (0 on ignored pixels, else 1);
+        see `decode.targets`.
     """
-    # Ids outside 0..num_classes-1 match no class: an all-zero row.
-    y = (ids[..., None] == np.arange(num_classes, dtype=ids.dtype)).astype(np.uint8)
-    w = (ids < num_classes).astype(np.uint8)
-    return photo, y, w
+    y, w = decode.targets(np.asarray(ids), num_classes)
+    return photo, y.astype(np.uint8), w.astype(np.uint8)
 
 
-def _augment_mode(augment: bool | str) -> str:
-    mode = {True: "flip", False: "none"}.get(augment, augment)
-    if mode not in AUGMENTS:
-        raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
-    return mode
+def decode_files(files: Sequence[str | os.PathLike], image_size: int):
+    """Decode pair files into one compact cache, leaving out those that fail.
+
+    Each file left out is named in a warning, as tf.data's `ignore_errors`
+    logs one.
+
+    Decodes in threads (OpenCV and NumPy release the GIL) into arrays filled
+    in place as the decodes come in: no second copy of the cache.
+
+    Args:
+        files: Pair files.
+        image_size: Side of the square model input.
+
+    Returns:
+        `(kept, photos, ids, skipped)`: the paths decoded, in file order;
+        uint8 photos `(N, S, S, 3)` and trainIds `(N, S, S)` of those; and
+        `(path, reason)` of each file left out.
+
+    Raises:
+        ValueError: When no file can be decoded.
+    """
+
+    def decode_one(path):
+        try:
+            return decode_pair_np(path, image_size)
+        except ValueError as e:
+            return str(e)
+
+    files = [os.fspath(f) for f in files]
+    photos = np.empty((len(files), image_size, image_size, 3), np.uint8)
+    ids = np.empty((len(files), image_size, image_size), np.uint8)
+    kept: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for path, result in zip(files, pool.map(decode_one, files), strict=True):
+            if isinstance(result, str):
+                skipped.append((path, result))
+                warnings.warn(f"skipped {result}", stacklevel=3)  # at the caller of PairDataset
+            else:
+                photos[len(kept)], ids[len(kept)] = result
+                kept.append(path)
+    if not kept:
+        raise ValueError(f"no decodable pair among the {len(files)} files")
+    return kept, photos[: len(kept)], ids[: len(kept)], skipped
 
 
 class PairDataset(keras.utils.PyDataset):
     """Batches of `(x, y, w)` from pair files, for `model.fit` on any backend.
 
-    The counterpart of `data_pipeline.make_dataset`. Every file is decoded
-    once, eagerly, in the constructor (in threads: OpenCV and NumPy release
-    the GIL), and the compact uint8 photos and ids are kept in memory (about
-    50 KB a pair at 112x112, 260 KB at 256x256). Eager decoding keeps the
+    The counterpart of `tf_pipeline.make_dataset`. Every file is decoded
+    once, eagerly, in the constructor (`decode_files`), and the compact
+    uint8 photos and ids are kept in memory (4 bytes a pixel of the model's
+    input). Eager decoding keeps the
     batches cheap and the object safe to share between Keras' worker threads
     or processes, which then only index the cache; it also gives
     `class_frequencies_np` its ids without a second pass. Files that cannot
@@ -274,17 +299,17 @@ class PairDataset(keras.utils.PyDataset):
     reproducible all the same.
 
     Args:
-        files: Pair files (checked with `data_pipeline.scan_pairs` or alike).
+        files: Pair files (checked with `files.scan_pairs` or alike).
         image_size: Side of the square model input.
         batch_size: Batch size; the last batch holds the rest.
         training: Shuffle (reshuffled each epoch) and augment when True.
         seed: Seed of the shuffle and the flips.
-        augment: One of `uf.AUGMENTS` (training only): `flip`, a
+        augment: One of `decode.AUGMENTS` (training only): `flip`, a
             random horizontal flip, the same draw for photo and ids; `none`.
             True means `flip`, False `none`. `full` is not implemented here
             and raises NotImplementedError in training.
         pad_to: Pad every batch to a multiple of this many samples with
-            weightless ones (see `data_pipeline.make_dataset`).
+            weightless ones (see `tf_pipeline.make_dataset`).
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`, passed
             to `keras.utils.PyDataset`.
 
@@ -307,11 +332,11 @@ class PairDataset(keras.utils.PyDataset):
         super().__init__(**kwargs)
         if int(image_size) < 1 or int(batch_size) < 1:
             raise ValueError(f"image_size and batch_size must be positive, got {image_size}, {batch_size}")
-        mode = _augment_mode(augment)
+        mode = decode.augment_mode(augment)
         if training and mode == "full":
             raise NotImplementedError(
                 "augment='full' (zoom, crop and colour jitter) is not implemented in numpy_pipeline; "
-                "use 'flip' or 'none', or data_pipeline (TensorFlow)"
+                "use 'flip' or 'none', or tf_pipeline (TensorFlow)"
             )
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
@@ -319,37 +344,10 @@ class PairDataset(keras.utils.PyDataset):
         self.seed = int(seed)
         self.augment = mode if self.training else "none"
         self.pad_to = max(1, int(pad_to))
-
-        def decode(path):
-            try:
-                return decode_pair_np(path, self.image_size)
-            except ValueError as e:
-                return str(e)
-
-        files = [os.fspath(f) for f in files]
-        size = self.image_size
-        # Filled in place as the decodes come in: no second copy of the
-        # cache (744 MB for the 2975 training pairs at 256x256).
-        photos = np.empty((len(files), size, size, 3), np.uint8)
-        ids = np.empty((len(files), size, size), np.uint8)
-        kept: list[int] = []
-        #: `(path, reason)` of each file left out.
-        self.skipped: list[tuple[str, str]] = []
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            for i, result in enumerate(pool.map(decode, files)):
-                if isinstance(result, str):
-                    self.skipped.append((files[i], result))
-                    warnings.warn(f"skipped {result}", stacklevel=2)
-                else:
-                    photos[len(kept)], ids[len(kept)] = result
-                    kept.append(i)
-        if not kept:
-            raise ValueError(f"no decodable pair among the {len(files)} files")
-        #: Paths of the decoded files, in file order.
-        self.files: list[str] = [files[i] for i in kept]
-        #: Cache: uint8 photos `(N, S, S, 3)` and trainIds `(N, S, S)`.
-        self.photos = photos[: len(kept)]
-        self.ids = ids[: len(kept)]
+        #: Paths of the decoded files, in file order; cache: uint8 photos
+        #: `(N, S, S, 3)` and trainIds `(N, S, S)`; `(path, reason)` of each
+        #: file left out.
+        self.files, self.photos, self.ids, self.skipped = decode_files(files, self.image_size)
         self._epoch = 0
         self._draw()
 
@@ -406,11 +404,11 @@ class PairDataset(keras.utils.PyDataset):
             # One draw for both: photo and mask stay aligned.
             photo[flip] = photo[flip, :, ::-1]
             ids[flip] = ids[flip, :, ::-1]
-        extra = -len(sel) % self.pad_to
+        extra = decode.padding(len(sel), self.pad_to)
         if extra:
             # Weightless samples: ignored ids give zero one-hot rows and weights.
             photo = np.concatenate([photo, np.zeros((extra, *photo.shape[1:]), np.uint8)])
-            ids = np.concatenate([ids, np.full((extra, *ids.shape[1:]), IGNORE_ID, np.uint8)])
+            ids = np.concatenate([ids, np.full((extra, *ids.shape[1:]), decode.PAD_IDS, np.uint8)])
         return to_model_inputs_np(photo, ids)
 
 
@@ -419,7 +417,7 @@ def class_frequencies_np(
 ) -> np.ndarray:
     """Share of labelled pixels in each class (ignored pixels left out).
 
-    The counterpart of `data_pipeline.class_frequencies`.
+    The counterpart of `tf_pipeline.class_frequencies`.
 
     Args:
         dataset_or_ids: A `PairDataset` (its cached ids are counted), a
@@ -436,8 +434,7 @@ def class_frequencies_np(
         arrays = [dataset_or_ids]
     else:
         arrays = dataset_or_ids
-    counts = np.zeros(256, np.int64)
+    counts = np.zeros(decode.COUNT_BINS, np.int64)
     for ids in arrays:
-        counts += np.bincount(np.asarray(ids, np.uint8).ravel(), minlength=256)
-    counts = counts[:num_classes].astype(np.float64)
-    return counts / counts.sum() if counts.sum() else counts
+        counts += np.bincount(np.asarray(ids, np.uint8).ravel(), minlength=decode.COUNT_BINS)
+    return decode.frequencies(counts, num_classes)

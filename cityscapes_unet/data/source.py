@@ -3,12 +3,16 @@
 Three sources, one interface (`RunData`), so training, metrics and outputs
 are the same whichever feeds them:
 
-- the pairs through tf.data (`data_pipeline`), the default wherever
+- the pairs through tf.data (`tf_pipeline`), the default wherever
   TensorFlow is installed, for every Keras backend;
 - the pairs through NumPy and OpenCV (`numpy_pipeline`), for JAX or PyTorch
   machines without TensorFlow: the same class ids, bit for bit;
 - the official full-resolution Cityscapes through TensorFlow Datasets
-  (`tfds_source`), with its own train and validation splits.
+  (`tfds`), with its own train and validation splits.
+
+`tf_pipeline` and `tfds` are imported inside the functions that use them,
+not here: both import TensorFlow, which the NumPy path must not load (it
+runs where TensorFlow is not installed).
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ PIPELINES = ("auto", "tf", "numpy")
 
 
 def tensorflow_installed() -> bool:
-    """Whether TensorFlow can be imported here."""
+    """Whether TensorFlow can be imported here (without importing it).
+
+    Returns:
+        True when the `tensorflow` package is found.
+    """
     try:
         return importlib.util.find_spec("tensorflow") is not None
     except (ImportError, ValueError):
@@ -135,7 +143,7 @@ def from_pairs(
         image_size: Side of the square model input.
         batch_size: Global batch size.
         seed: Seed of the shuffle and augmentation.
-        augment: One of `uf.AUGMENTS`.
+        augment: One of `decode.AUGMENTS`.
         pipeline: `tf` or `numpy`.
         pad_to: Pad every batch to a multiple of this with weightless
             samples (data parallelism that needs equal shares).
@@ -145,35 +153,50 @@ def from_pairs(
     """
     height, width, _ = jpeg_header(train_files[0])
     source_size = height if width == 2 * height else None
-    if pipeline == "numpy":
-        train = PairDataset(train_files, image_size, batch_size, True, seed, augment, pad_to=pad_to)
-        val = PairDataset(val_files, image_size, batch_size, False, pad_to=pad_to)
+    build = _numpy_pairs if pipeline == "numpy" else _tf_pairs
+    return build(
+        train_files, val_files, val_source, image_size, batch_size, seed, augment, pad_to, source_size
+    )
 
-        def samples(count: int, spread: bool = True, size: int | None = None):
-            size = size or image_size
-            picks = _picks(len(val.files), count, spread)
-            decoded = [decode_pair_np(val.files[i], size) for i in picks]
-            return _stacked([os.path.basename(val.files[i]) for i in picks], decoded, size)
 
-        return RunData(
-            train,
-            val,
-            len(train.files),
-            len(val.files),
-            val_source,
-            "numpy",
-            lambda: class_frequencies_np(train),
-            samples,
-            source_size,
-        )
+def _numpy_pairs(
+    train_files, val_files, val_source, image_size, batch_size, seed, augment, pad_to, source_size
+) -> RunData:
+    # `from_pairs` through numpy_pipeline (no TensorFlow).
+    train = PairDataset(train_files, image_size, batch_size, True, seed, augment, pad_to=pad_to)
+    val = PairDataset(val_files, image_size, batch_size, False, pad_to=pad_to)
 
+    def samples(count: int, spread: bool = True, size: int | None = None):
+        size = size or image_size
+        picks = _picks(len(val.files), count, spread)
+        decoded = [decode_pair_np(val.files[i], size) for i in picks]
+        return _stacked([os.path.basename(val.files[i]) for i in picks], decoded, size)
+
+    return RunData(
+        train,
+        val,
+        len(train.files),
+        len(val.files),
+        val_source,
+        "numpy",
+        lambda: class_frequencies_np(train),
+        samples,
+        source_size,
+    )
+
+
+def _tf_pairs(
+    train_files, val_files, val_source, image_size, batch_size, seed, augment, pad_to, source_size
+) -> RunData:
+    # `from_pairs` through tf_pipeline. Imported here: it imports TensorFlow
+    # (see the module's docstring).
     import tensorflow as tf
 
     from cityscapes_unet.data.tf_pipeline import class_frequencies, decode_pair, decoded_dataset, make_dataset
 
     decoded = decoded_dataset(train_files, image_size)
 
-    def samples(count: int, spread: bool = True, size: int | None = None):  # noqa: F811 - one per pipeline
+    def samples(count: int, spread: bool = True, size: int | None = None):
         size = size or image_size
         picks = _picks(len(val_files), count, spread)
         decoded_val = [tuple(t.numpy() for t in decode_pair(tf.constant(val_files[i]), size)) for i in picks]
@@ -209,7 +232,7 @@ def from_tfds(
         image_size: Side of the square model input.
         batch_size: Global batch size.
         seed: Seed of the shuffle and augmentation.
-        augment: One of `uf.AUGMENTS`.
+        augment: One of `decode.AUGMENTS`.
         data_dir: TFDS data directory (None: TFDS' default).
         manual_dir: Folder with the downloaded zips (needed once, to prepare).
         limit: Use only the first N examples of each split.
@@ -219,23 +242,14 @@ def from_tfds(
         A `RunData`.
 
     Raises:
-        tfds_source.TfdsSourceError: One line, when the data cannot be read.
+        TfdsSourceError: One line, when the data cannot be read.
     """
+    # Imported here: both import TensorFlow (see the module's docstring).
     from cityscapes_unet.data.tf_pipeline import class_frequencies, make_dataset
-    from cityscapes_unet.data.tfds import load_cityscapes, num_examples, sample_pairs
+    from cityscapes_unet.data.tfds import sample_pairs
 
-    splits = {}
-    for split in ("train", "validation"):
-        decoded = load_cityscapes(split, image_size, data_dir, manual_dir, limit)
-        try:
-            n = num_examples(split, data_dir, manual_dir)
-            n = min(n, limit or n)
-        except TfdsSourceError:
-            # Size not recorded (e.g. under tfds.testing.mock_data): count.
-            # This fills the decode cache, as the first epoch would.
-            n = int(decoded.reduce(np.int64(0), lambda count, _: count + 1))
-        splits[split] = (decoded, n)
-    (train_dec, n_train), (val_dec, n_val) = splits["train"], splits["validation"]
+    train_dec, n_train = _tfds_split("train", image_size, data_dir, manual_dir, limit)
+    val_dec, n_val = _tfds_split("validation", image_size, data_dir, manual_dir, limit)
 
     def samples(count: int, spread: bool = True, size: int | None = None):
         # The first ones: reaching samples spread over the split would
@@ -254,6 +268,21 @@ def from_tfds(
         lambda: class_frequencies(train_dec),
         samples,
     )
+
+
+def _tfds_split(split: str, image_size: int, data_dir, manual_dir, limit):
+    # (decoded dataset, number of examples) of one TFDS split. Imported here:
+    # tfds imports TensorFlow (see the module's docstring).
+    from cityscapes_unet.data.tfds import load_cityscapes, num_examples
+
+    decoded = load_cityscapes(split, image_size, data_dir, manual_dir, limit)
+    try:
+        n = num_examples(split, data_dir, manual_dir)
+        return decoded, min(n, limit or n)
+    except TfdsSourceError:
+        # Size not recorded (e.g. under tfds.testing.mock_data): count.
+        # This fills the decode cache, as the first epoch would.
+        return decoded, int(decoded.reduce(np.int64(0), lambda count, _: count + 1))
 
 
 def find_data(
@@ -321,6 +350,12 @@ def resolve_eval_files(model_path: str, data_dir: str | None) -> tuple[list[str]
     rebuilt from the `config.json` beside it (same folder, fraction, seed).
     With `data_dir`: `data_dir/val` when it exists, else every pair in
     `data_dir`.
+
+    Args:
+        model_path: The model to score (its folder holds the run's
+            `config.json`).
+        data_dir: The folder to score, or None for the run's validation
+            split.
 
     Returns:
         `(files, source, skipped)`: skipped lists `(path, reason)` of the

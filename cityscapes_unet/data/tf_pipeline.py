@@ -2,10 +2,10 @@
 
 Each file is one JPEG holding the street photo (left half) and its
 Cityscapes colour label image (right half). The pipeline reads and decodes
-each file once, turns the label half into trainIds by nearest palette colour
-at full resolution, resizes the photo (area) and the ids (nearest neighbour
-only), caches these compact uint8 tensors, and expands them to one-hot masks
-and per-pixel weights (0 on ignored pixels) per batch, as late as possible.
+each file once, with the decode steps of `decode.decode_halves` and
+TensorFlow's kernels (`TF_KERNELS`), caches the compact uint8 photos and
+trainIds, and expands them to one-hot masks and per-pixel weights (0 on
+ignored pixels, `decode.targets`) per batch, as late as possible.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from utils_func import AUGMENTS, IGNORE_ID, MAX_COLOR_DISTANCE, NUM_CLASSES, color_lut, decode_palette
+from cityscapes_unet.data import decode
+from utils_func import IGNORE_ID, MAX_COLOR_DISTANCE, NUM_CLASSES, color_lut, decode_palette, lut_index
 
 
 @functools.lru_cache(maxsize=4)
@@ -23,7 +24,8 @@ def _lut_tensor(max_distance: float) -> tf.Tensor:
     """`color_lut` as one eager tensor per process, captured by the graphs that use it.
 
     Built outside any graph (`init_scope`): a 16 MB constant inside a
-    tf.data map function made the first pass 1.5x slower than this capture.
+    tf.data map function would be rebuilt by every graph that uses it and
+    slows the first pass.
     """
     with tf.init_scope():
         return tf.constant(color_lut(max_distance))
@@ -37,19 +39,17 @@ def tf_colors_to_ids(
     Args:
         label_rgb: uint8 tensor `(H, W, 3)`.
         max_distance: Pixels farther from every palette colour are ignored.
-        method: `table`: one lookup per pixel in `uf.color_lut`, the
-            exact answer for every 24-bit colour (built once per process
-            and threshold, under a second); `search`: the distance to every
-            palette colour per pixel. The same ids; the table is about 4x
-            faster (`bench/pipeline.py`).
+        method: `table`: one lookup per pixel in `utils_func.color_lut`,
+            the exact answer for every 24-bit colour (built once per
+            process and threshold); `search`: the distance to every palette
+            colour per pixel. The same ids; the table is faster
+            (`bench/pipeline.py` measures both).
 
     Returns:
         uint8 tensor `(H, W)` of trainIds or IGNORE_ID.
     """
     if method == "table":
-        rgb = tf.cast(label_rgb, tf.int32)
-        index = (rgb[..., 0] * 256 + rgb[..., 1]) * 256 + rgb[..., 2]
-        return tf.gather(_lut_tensor(float(max_distance)), index)
+        return tf.gather(_lut_tensor(float(max_distance)), lut_index(tf.cast(label_rgb, tf.int32)))
     colors, train_ids = decode_palette()
     # |p - c|^2 = |p|^2 - 2 p.c + |c|^2 as one small matmul: (H*W, 3) x (3, 29);
     # exact in float32 (integers below 2**24).
@@ -66,10 +66,55 @@ def tf_colors_to_ids(
     return tf.reshape(ids, tf.shape(label_rgb)[:2])
 
 
-def _area_resize(photo: tf.Tensor, image_size: int) -> tf.Tensor:
-    # Area resampling averages whole source pixels (what cv2.INTER_AREA does).
-    photo = tf.image.resize(photo, (image_size, image_size), method="area")
-    return tf.cast(tf.round(tf.clip_by_value(photo, 0, 255)), tf.uint8)
+def _is_size(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    # At the label's own size (256 for these pairs) the resizes are the
+    # identity, and skipping them makes the first pass faster.
+    return tf.reduce_all(tf.shape(image)[:2] == image_size)
+
+
+def area_resize(photo: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Area resize of a photo to the square model input, rounded to uint8.
+
+    Area resampling averages whole source pixels; the values are rounded
+    half to even and clipped. `numpy_pipeline.resize_area` gives the same
+    bytes (a test checks it).
+
+    Args:
+        photo: uint8 tensor `(H, W, 3)`.
+        image_size: Side of the square output.
+
+    Returns:
+        uint8 tensor `(image_size, image_size, 3)`.
+    """
+
+    def resize():
+        out = tf.image.resize(photo, (image_size, image_size), method="area")
+        return tf.cast(tf.round(tf.clip_by_value(out, 0, 255)), tf.uint8)
+
+    return tf.cond(_is_size(photo, image_size), lambda: photo, resize)
+
+
+def nearest_resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Nearest-neighbour resize to a square: every output value is an input value.
+
+    Args:
+        image: Tensor `(H, W)` (class ids) or `(H, W, C)` (colours).
+        image_size: Side of the square output.
+
+    Returns:
+        Tensor `(image_size, image_size[, C])` of the input's dtype.
+    """
+    flat = image.shape.rank == 2
+
+    def resize():
+        out = tf.image.resize(image[..., None] if flat else image, (image_size, image_size), method="nearest")
+        return out[..., 0] if flat else out
+
+    return tf.cond(_is_size(image, image_size), lambda: image, resize)
+
+
+#: TensorFlow's kernels for `decode.decode_halves`.
+TF_KERNELS = decode.Kernels(area_resize, nearest_resize, tf_colors_to_ids)
 
 
 def decode_pair(path: tf.Tensor, image_size: int, full_labels: bool = False):
@@ -88,39 +133,19 @@ def decode_pair(path: tf.Tensor, image_size: int, full_labels: bool = False):
     # INTEGER_ACCURATE: the same pixels as libjpeg/OpenCV, so every decoder of
     # this project gives the same class ids.
     image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3, dct_method="INTEGER_ACCURATE")
-    half = tf.shape(image)[1] // 2
-    photo, label = image[:, :half], image[:, half:]
-    # At the label's own size (256 for these pairs) both resizes are the
-    # identity, and skipping them makes the first pass faster.
-    same = tf.reduce_all(tf.shape(label)[:2] == image_size)
-    photo = tf.cond(same, lambda: photo, lambda: _area_resize(photo, image_size))
-
-    # Ids are resized with nearest neighbour only: class ids are never
-    # interpolated. Picking pixels commutes with the per-pixel colour -> id
-    # map, so when only the resized ids are wanted the colours of the picked
-    # pixels are looked up, not all of them: the same ids as decoding the
-    # whole label and resizing its ids (a test checks it), with 1/7 of the
-    # table lookups at 96x96, which dominate the first pass.
-    def nearest(x):
-        return tf.image.resize(x, (image_size, image_size), method="nearest")
-
-    if full_labels:
-        full_ids = tf_colors_to_ids(label)
-        ids = tf.cond(same, lambda: full_ids, lambda: nearest(full_ids[..., None])[..., 0])
-    else:
-        ids = tf_colors_to_ids(tf.cond(same, lambda: label, lambda: nearest(label)))
-    photo.set_shape((image_size, image_size, 3))
-    ids.set_shape((image_size, image_size))
-    return (photo, ids, full_ids) if full_labels else (photo, ids)
+    out = decode.decode_halves(image, image_size, TF_KERNELS, full_labels, width=tf.shape(image)[1])
+    out[0].set_shape((image_size, image_size, 3))
+    out[1].set_shape((image_size, image_size))
+    return out
 
 
 def to_model_inputs(photo: tf.Tensor, ids: tf.Tensor, num_classes: int = NUM_CLASSES):
     """Expand cached uint8 tensors into what the model trains on.
 
-    Everything stays uint8: the one-hot masks are 1.2 MB per 256x256 sample
-    instead of 5 MB in float32, and Keras casts the inputs, targets and
-    weights to float inside the training step (on the accelerator, when
-    there is one), with identical results.
+    Everything stays uint8: the one-hot masks take a quarter of the memory
+    of float32 ones, and Keras casts the inputs, targets and weights to
+    float inside the training step (on the accelerator, when there is one),
+    with identical results.
 
     Args:
         photo: uint8 `(B, H, W, 3)`.
@@ -130,12 +155,11 @@ def to_model_inputs(photo: tf.Tensor, ids: tf.Tensor, num_classes: int = NUM_CLA
     Returns:
         `(x, y, w)`: uint8 photo `(B, H, W, 3)` in 0..255, uint8 one-hot
         masks `(B, H, W, num_classes)` (all zeros on ignored pixels), and
-        uint8 per-pixel weights `(B, H, W)` (0 on ignored pixels, else 1).
+        uint8 per-pixel weights `(B, H, W)` (0 on ignored pixels, else 1);
+        see `decode.targets`.
     """
-    # tf.one_hot gives an all-zero row for ids outside 0..num_classes-1.
-    y = tf.one_hot(tf.cast(ids, tf.int32), num_classes, dtype=tf.uint8)
-    w = tf.cast(ids < num_classes, tf.uint8)
-    return photo, y, w
+    y, w = decode.targets(tf.cast(ids, tf.uint8), num_classes)
+    return photo, tf.cast(y, tf.uint8), tf.cast(w, tf.uint8)
 
 
 def _flip(photo: tf.Tensor, ids: tf.Tensor, seed: tf.Tensor):
@@ -226,17 +250,14 @@ def class_frequencies(decoded: tf.data.Dataset, num_classes: int = NUM_CLASSES) 
         float64 array `(num_classes,)` summing to 1 (all zeros if no pixel
         is labelled).
     """
-    counts = decoded.batch(256).reduce(
-        tf.zeros((256,), tf.int64),
-        lambda acc, batch: (
-            acc
-            + tf.math.bincount(
-                tf.cast(tf.reshape(batch[1], [-1]), tf.int32), minlength=256, maxlength=256, dtype=tf.int64
-            )
-        ),
-    )
-    counts = counts.numpy()[:num_classes].astype(np.float64)
-    return counts / counts.sum() if counts.sum() else counts
+    bins = decode.COUNT_BINS
+
+    def count(acc, batch):
+        ids = tf.cast(tf.reshape(batch[1], [-1]), tf.int32)
+        return acc + tf.math.bincount(ids, minlength=bins, maxlength=bins, dtype=tf.int64)
+
+    counts = decoded.batch(256).reduce(tf.zeros((bins,), tf.int64), count)
+    return decode.frequencies(counts.numpy(), num_classes)
 
 
 def make_dataset(
@@ -251,7 +272,8 @@ def make_dataset(
     """Build the input pipeline over pair files.
 
     read -> decode -> split halves -> resize photo / decode and resize ids ->
-    cache (uint8) -> [seeded shuffle, flip] -> batch -> one-hot -> prefetch.
+    cache (uint8) -> [seeded shuffle, flip] -> batch -> [pad] -> one-hot ->
+    prefetch.
 
     Args:
         files: Pair files (checked with `scan_pairs`), or a dataset from
@@ -260,7 +282,7 @@ def make_dataset(
         batch_size: Batch size.
         training: Shuffle (reshuffled each epoch) and augment when True.
         seed: Seed of the shuffle and the augmentation draws.
-        augment: One of `AUGMENTS` (training only): `flip`, a random
+        augment: One of `decode.AUGMENTS` (training only): `flip`, a random
             horizontal flip; `full`, `augment_pair`. True means `flip`,
             False `none`.
         pad_to: Pad every batch to a multiple of this many samples with
@@ -274,9 +296,7 @@ def make_dataset(
     if training:
         # The whole (compact) split fits the buffer: a full shuffle.
         ds = ds.shuffle(100_000, seed=seed, reshuffle_each_iteration=True)
-        mode = {True: "flip", False: "none"}.get(augment, augment)
-        if mode not in AUGMENTS:
-            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        mode = decode.augment_mode(augment)
         if mode != "none":
             fn = _flip if mode == "flip" else augment_pair
             seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
@@ -285,25 +305,28 @@ def make_dataset(
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
     ds = ds.batch(batch_size)
-    ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     if pad_to > 1:
-        ds = ds.map(lambda x, y, w: pad_batch((x, y, w), pad_to), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda photo, ids: pad_batch(photo, ids, pad_to), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def pad_batch(tensors: tuple[tf.Tensor, ...], multiple: int) -> tuple[tf.Tensor, ...]:
-    """Pad the batch axis of each tensor with zeros to a multiple of `multiple`.
+def pad_batch(photo: tf.Tensor, ids: tf.Tensor, multiple: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Pad a batch to a multiple of `multiple` samples with weightless ones.
 
-    Zero weights make the padded samples count nowhere; zero one-hot rows
-    and black photos are what an ignored pixel looks like anyway.
+    The padding samples are black photos whose ids are all `decode.PAD_IDS`
+    (ignored): `to_model_inputs` gives them zero one-hot rows and zero
+    weights, so they count nowhere.
 
     Args:
-        tensors: Tensors sharing their first (batch) dimension.
+        photo: uint8 `(B, H, W, 3)`.
+        ids: uint8 `(B, H, W)`.
         multiple: The batch size becomes a multiple of this.
 
     Returns:
-        The padded tensors, in order.
+        `(photo, ids)` with `B` rounded up to a multiple of `multiple`.
     """
-    n = tf.shape(tensors[0])[0]
-    extra = (multiple - n % multiple) % multiple
-    return tuple(tf.pad(t, [[0, extra]] + [[0, 0]] * (len(t.shape) - 1)) for t in tensors)
+    extra = decode.padding(tf.shape(ids)[0], multiple)
+    photo = tf.pad(photo, [[0, extra], [0, 0], [0, 0], [0, 0]])
+    ids = tf.pad(ids, [[0, extra], [0, 0], [0, 0]], constant_values=decode.PAD_IDS)
+    return photo, ids

@@ -3,8 +3,8 @@
 The alternative to the 512x256 image pairs: the fine annotations of
 Cityscapes at their own 2048x1024, read with the TFDS builder
 `cityscapes/semantic_segmentation`, and turned into exactly what
-`data_pipeline.decoded_dataset` gives (uint8 square photos and trainIds,
-cached), so `data_pipeline.make_dataset` and everything after it work
+`tf_pipeline.decoded_dataset` gives (uint8 square photos and trainIds,
+cached), so `tf_pipeline.make_dataset` and everything after it work
 unchanged.
 
 Get the data (registration required, non-commercial research and education
@@ -15,10 +15,10 @@ only): log in at https://www.cityscapes-dataset.com/downloads/ and download
 
 into one folder, unextracted; that folder is the manual directory. Then
 
-    python main.py --dataset tfds-cityscapes --tfds-manual-dir DIR [--tfds-data-dir DIR]
+    python main.py --dataset tfds-cityscapes --set tfds_manual_dir=DIR [--set tfds_data_dir=DIR]
 
 The first run has TFDS extract the zips and write its own records to the data
-directory (`--tfds-data-dir`; TFDS' default `~/tensorflow_datasets`, or
+directory (`tfds_data_dir`; TFDS' default `~/tensorflow_datasets`, or
 `$TFDS_DATA_DIR`): a one-time step that needs about 25 GB free there beside
 the zips (the extracted copy under `downloads/extracted/` may be deleted
 afterwards). Later runs read the prepared records and need no manual
@@ -26,8 +26,9 @@ directory. Splits: `train` (2975), `validation` (500) and `test` (1525, whose
 public labels are all void: every pixel is IGNORE_ID).
 
 The photo is resized to a square (squashing the 2:1 aspect, as the pairs do)
-with area resampling; the labelIds are mapped to trainIds at full resolution
-and then resized with nearest neighbour only: class ids are never
+with the pairs' area resize (`tf_pipeline.area_resize`); the labelIds are
+mapped to trainIds at full resolution and then resized with nearest
+neighbour only (`tf_pipeline.nearest_resize`): class ids are never
 interpolated.
 """
 
@@ -39,6 +40,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from cityscapes_unet.data.tf_pipeline import area_resize, nearest_resize
 from cityscapes_unet.errors import TfdsSourceError
 from utils_func import IGNORE_ID, LABELS
 
@@ -59,7 +61,7 @@ def _label_lut() -> np.ndarray:
     return lut
 
 
-#: uint8 `(256,)`: labelId -> trainId, from `uf.LABELS`; every other
+#: uint8 `(256,)`: labelId -> trainId, from `utils_func.LABELS`; every other
 #: value (void and untrained labels, 255, unknown ids) -> IGNORE_ID.
 LABEL_ID_TO_TRAIN_ID: np.ndarray = _label_lut()
 LABEL_ID_TO_TRAIN_ID.flags.writeable = False
@@ -99,15 +101,11 @@ def decode_example(example: dict, image_size: int) -> tuple[tf.Tensor, tf.Tensor
     Returns:
         `(photo, ids)`: uint8 `(image_size, image_size, 3)` and uint8
         `(image_size, image_size)` trainIds or IGNORE_ID, as
-        `data_pipeline.decode_pair` gives.
+        `tf_pipeline.decode_pair` gives.
     """
-    size = (image_size, image_size)
-    # Area resampling averages whole source pixels (what cv2.INTER_AREA does).
-    photo = tf.image.resize(example["image_left"], size, method="area")
-    photo = tf.cast(tf.round(tf.clip_by_value(photo, 0, 255)), tf.uint8)
+    photo = area_resize(example["image_left"], image_size)
     # Ids at full resolution, then nearest neighbour only.
-    full_ids = labels_to_train_ids(example["segmentation_label"])
-    ids = tf.image.resize(full_ids[..., None], size, method="nearest")[..., 0]
+    ids = nearest_resize(labels_to_train_ids(example["segmentation_label"]), image_size)
     photo.set_shape((image_size, image_size, 3))
     ids.set_shape((image_size, image_size))
     return photo, ids
@@ -220,8 +218,8 @@ def load_cityscapes(
 ) -> tf.data.Dataset:
     """Decoded, cached `(photo, ids)` pairs of one Cityscapes split.
 
-    The TFDS counterpart of `data_pipeline.decoded_dataset`: pass the result
-    to `data_pipeline.make_dataset` (and `class_frequencies`).
+    The TFDS counterpart of `tf_pipeline.decoded_dataset`: pass the result
+    to `tf_pipeline.make_dataset` (and `class_frequencies`).
 
     Args:
         split: `train`, `validation` (or `val`) or `test` (all void).

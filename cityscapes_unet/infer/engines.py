@@ -1,18 +1,36 @@
+"""Models behind `predict`, `evaluate` and `export`: loading, checking, engines.
+
+A `.keras` model runs through Keras on any backend; its OpenVINO export
+(`export.run_export`) through the OpenVINO runtime, an optional dependency.
+"""
+
 from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Callable
+from types import ModuleType
 
+import keras
 import numpy as np
 
 import utils_func as uf
 from cityscapes_unet.errors import UsageError
 
 
-def load_segmentation_model(path: str):
-    """Load a `.keras` model for scoring, with a one-line error if unusable."""
-    import keras
+def load_segmentation_model(path: str) -> keras.Model:
+    """Load a `.keras` model for scoring, with a one-line error if unusable.
 
+    Args:
+        path: The `.keras` file.
+
+    Returns:
+        An uncompiled `keras.Model` `(batch, S, S, 3)` -> `(batch, H, W, 19)`.
+
+    Raises:
+        UsageError: For a missing, truncated or unsafe file, or a model of
+            another shape.
+    """
     if os.path.isdir(path):
         raise UsageError(f"--model {path}: is a folder; pass the .keras file in it")
     if not os.path.isfile(path):
@@ -66,8 +84,18 @@ def default_export_path(model_path: str, fmt: str) -> str:
     return stem + ".xml" if fmt == "openvino" else stem + "_saved_model"
 
 
-def _require_openvino(flag: str):
+def require_openvino(flag: str) -> ModuleType:
+    """The `openvino` module, or a one-line error naming the flag that needs it.
 
+    Args:
+        flag: The command-line option that asked for OpenVINO.
+
+    Returns:
+        The imported `openvino` package.
+
+    Raises:
+        UsageError: If OpenVINO is not installed.
+    """
     try:
         import openvino
     except ImportError:
@@ -86,7 +114,7 @@ class Engine:
         path: The file it was loaded from.
     """
 
-    def __init__(self, name: str, path: str, input_size: int, fn):
+    def __init__(self, name: str, path: str, input_size: int, fn: Callable[[np.ndarray], np.ndarray]):
         self.name = name
         self.path = path
         self.input_size = input_size
@@ -104,13 +132,24 @@ class Engine:
         return np.asarray(self._fn(np.ascontiguousarray(photos, np.float32)), np.float32)
 
 
-def _openvino_engine(xml: str, flag: str) -> Engine:
+def openvino_engine(xml: str, flag: str) -> Engine:
+    """Compile an OpenVINO IR for the CPU, in float32.
 
-    ov = _require_openvino(flag)
+    Args:
+        xml: The `.xml` file (its `.bin` beside it).
+        flag: The option that named it, for error messages.
+
+    Returns:
+        An `Engine` named `openvino`.
+
+    Raises:
+        UsageError: If OpenVINO is missing or the file is not a usable model
+            with a square RGB input.
+    """
+    ov = require_openvino(flag)
     try:
         # f32: on CPUs with bf16 units (AMX) OpenVINO would compute in bf16
-        # by default, and the export would no longer give the model's
-        # classes (3% of the pixels of a small test model differed).
+        # by default, and the export would no longer give the model's classes.
         compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     except Exception as e:  # noqa: BLE001 - any failure is the file's fault
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -139,7 +178,6 @@ def load_engine(model_path: str, engine: str = "auto") -> Engine:
         UsageError: For a missing, stale or unusable model, or a missing
             runtime.
     """
-
     if engine not in ENGINES:
         raise UsageError(f"--engine {engine}: must be one of {', '.join(ENGINES)}")
     is_xml = model_path.endswith(".xml")
@@ -167,4 +205,4 @@ def load_engine(model_path: str, engine: str = "auto") -> Engine:
             f"--engine openvino: {xml} is older than {model_path}; "
             f"run 'python main.py export --model {model_path}' again"
         )
-    return _openvino_engine(xml, "--engine openvino")
+    return openvino_engine(xml, "--engine openvino")

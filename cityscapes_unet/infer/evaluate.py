@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 import utils_func as uf
 from cityscapes_unet import io
 from cityscapes_unet.data.files import display_name
+from cityscapes_unet.data.numpy_pipeline import decode_pair_np
 from cityscapes_unet.data.source import resolve_eval_files
-from cityscapes_unet.data.tf_pipeline import decode_pair
 from cityscapes_unet.errors import UsageError
 from cityscapes_unet.infer.engines import load_segmentation_model
 from cityscapes_unet.infer.metrics import confusion_matrix, markdown_report, probabilities_to_ids, scores
@@ -33,17 +36,65 @@ def predict_ids(model, photos: np.ndarray, batch_size: int = 16) -> np.ndarray:
     return probs.argmax(-1).astype(np.uint8)
 
 
+def _decode(path: str, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
+    """`decode_pair_np` with full-size labels, or the reason the file cannot be decoded."""
+    try:
+        return decode_pair_np(path, size, full_labels=True)
+    except ValueError as e:
+        return str(e)
+
+
+def decoded_batches(
+    files: list[str], size: int, batch_size: int, workers: int | None = None
+) -> Iterator[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Decode pair files in threads, a batch ahead of the one handed out.
+
+    Undecodable files are left out with a warning (as tf.data's
+    `ignore_errors` does), so a batch may hold fewer than `batch_size`.
+
+    Args:
+        files: Pair files.
+        size: Side of the model's square input.
+        batch_size: Files per batch.
+        workers: Decoding threads; up to 8 by default.
+
+    Yields:
+        Lists of `(photo, ids, full_ids)`: uint8 `(size, size, 3)`, uint8
+        `(size, size)` and uint8 `(H, W)` at the label's own size, in file
+        order; empty lists are not yielded.
+    """
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+
+        def submit(start: int) -> list[tuple[str, Future]]:
+            return [(f, pool.submit(_decode, f, size)) for f in files[start : start + batch_size]]
+
+        pending = submit(0)
+        for start in range(0, len(files), batch_size):
+            current, pending = pending, submit(start + batch_size)
+            batch = []
+            for path, future in current:
+                result = future.result()
+                if isinstance(result, str):
+                    warnings.warn(f"skipped {display_name(path)}: {result}", stacklevel=2)
+                else:
+                    batch.append(result)
+            if batch:
+                yield batch
+
+
 def evaluate_files(model, files: list[str], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Confusion matrices of `model` over pair files, at two resolutions.
 
-    Photos go through the training pipeline's decoding (area resize to the
-    model's input size), and labels are decoded by nearest colour at their
-    own size. The first matrix compares the argmax with the labels resized
-    to the model's size by nearest neighbour: the figures training reports
-    for the same split. The second compares with the labels at their own
-    size, the model's scores resized bilinearly first (as `predict` does):
-    no label is resampled, so it does not depend on how a nearest-neighbour
-    resize picks its pixels.
+    Photos go through the training pipeline's decoding (`decode_pair_np`,
+    the tf.data decoding bit for bit: area resize to the model's input
+    size), and labels are decoded by nearest colour at their own size. The
+    first matrix compares the argmax with the labels resized to the model's
+    size by nearest neighbour: the figures training reports for the same
+    split. The second compares with the labels at their own size, the
+    model's scores resized bilinearly first (as `predict` does): no label is
+    resampled, so it does not depend on how a nearest-neighbour resize picks
+    its pixels.
 
     Args:
         model: Trained model with a square input.
@@ -53,27 +104,15 @@ def evaluate_files(model, files: list[str], batch_size: int = 16) -> tuple[np.nd
     Returns:
         `(cm_model_size, cm_label_size)`, each a `(19, 19)` confusion matrix.
     """
-    import tensorflow as tf
-
     size = int(model.input_shape[1])
-
-    def decode(path):
-        photo, ids, full_ids = decode_pair(path, size, full_labels=True)
-        return photo, ids, full_ids, tf.shape(full_ids)
-
-    ds = tf.data.Dataset.from_tensor_slices(files).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    # Labels of different sizes batch together padded with the ignore value;
-    # each prediction is resized to its own label's (height, width).
-    ds = ds.ignore_errors(log_warning=True).padded_batch(
-        batch_size, padding_values=(np.uint8(0), np.uint8(uf.IGNORE_ID), np.uint8(uf.IGNORE_ID), 0)
-    )
     cm = np.zeros((uf.NUM_CLASSES, uf.NUM_CLASSES), np.int64)
     cm_full = np.zeros_like(cm)
-    for photos, ids, full_ids, shapes in ds.prefetch(1):
-        probs = model.predict(photos.numpy().astype(np.float32), batch_size=batch_size, verbose=0)
-        cm += confusion_matrix(ids.numpy(), probs.argmax(-1))
-        for p, full, (h, w) in zip(probs, full_ids.numpy(), shapes.numpy(), strict=True):
-            cm_full += confusion_matrix(full[:h, :w], probabilities_to_ids(p, h, w))
+    for batch in decoded_batches(files, size, batch_size):
+        photos, ids, full_ids = zip(*batch, strict=True)
+        probs = model.predict(np.stack(photos).astype(np.float32), batch_size=batch_size, verbose=0)
+        cm += confusion_matrix(np.stack(ids), probs.argmax(-1))
+        for p, full in zip(probs, full_ids, strict=True):
+            cm_full += confusion_matrix(full, probabilities_to_ids(p, *full.shape))
     return cm, cm_full
 
 
@@ -113,12 +152,15 @@ def run_evaluate(model_path: str, data_dir: str | None, output_dir: str | None, 
         batch_size: Batch size.
 
     Returns:
-        The report dict.
-    """
+        The report dict: `scores` at the model's size, `label_resolution`
+        (the same at the labels' own size), the confusion matrices and
+        `model`, `files`, `source`, `image_size`.
 
+    Raises:
+        UsageError: For a bad model, data folder, batch size or output folder.
+    """
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
-
     model = load_segmentation_model(model_path)
     files, source, skipped = resolve_eval_files(model_path, data_dir)
     out = output_dir or os.path.join(os.path.dirname(os.path.abspath(model_path)), "eval")

@@ -1,3 +1,5 @@
+"""Segmentation scores from confusion matrices: IoU, accuracy, categories, report."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,6 +31,7 @@ def confusion_matrix(
 
 
 def _iou(cm: np.ndarray) -> np.ndarray:
+    """Per-row IoU of a confusion matrix, NaN where a class has no pixel at all."""
     tp = np.diag(cm).astype(np.float64)
     union = cm.sum(0) + cm.sum(1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -87,7 +90,17 @@ def scores(cm: np.ndarray) -> dict:
 
 
 def markdown_report(result: dict, title: str = "Evaluation") -> str:
-    """A table a person reads: per-class IoU and accuracy, then the summary."""
+    """A table a person reads: the summary, then per-class and per-category IoU.
+
+    Args:
+        result: Scores as returned by `scores`, optionally with
+            `label_resolution` (the same at the labels' own size) and
+            `image_size`.
+        title: Heading of the report.
+
+    Returns:
+        Markdown text, ending in a newline.
+    """
 
     def fmt(v):
         return "-" if v is None else f"{v:.4f}"

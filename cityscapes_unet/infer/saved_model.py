@@ -1,17 +1,32 @@
+"""The model a run saves: the trained core wrapped to take and return the data's size.
+
+Area resize in, bilinear scores out, optional test-time augmentation (flip,
+scales), a logit bias folded into the head, and a float32 copy.
+
+Inside the model, the area resize is two frozen `Dense` layers holding
+`area_matrix` (one per axis, between `Permute`s); the mirror is the same
+resize with the columns of the width matrix reversed, and the scores are
+mirrored back by a frozen `Dense` holding the reversed identity. Exact, a
+few small matrix products, and only Keras' own layers, so the model loads
+without this project, on every backend, and exports.
+"""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 
 
-def area_matrix(source_size: int, size: int):
+def area_matrix(source_size: int, size: int) -> np.ndarray:
     """The area resize of one axis as a matrix.
 
     Output pixel `o` covers `[o * scale, (o + 1) * scale)` of the input,
     `scale = source_size / size`; each input pixel it touches is weighted by
-    the length it covers, divided by `scale` (TensorFlow's `area` resize,
-    OpenCV's `INTER_AREA` when shrinking).
+    the length it covers, divided by `scale`: the resize of TensorFlow's
+    `method="area"` and of `numpy_pipeline.resize_area` (before rounding),
+    in any direction.
 
     Args:
         source_size: Input length.
@@ -20,8 +35,6 @@ def area_matrix(source_size: int, size: int):
     Returns:
         float32 array `(size, source_size)` whose rows sum to 1.
     """
-    import numpy as np
-
     scale = source_size / size
     a = np.zeros((size, source_size), np.float64)
     for o in range(size):
@@ -31,7 +44,7 @@ def area_matrix(source_size: int, size: int):
     return a.astype(np.float32)
 
 
-def _frozen_axis_map(matrix, name: str):
+def _frozen_axis_map(matrix: np.ndarray, name: str) -> keras.layers.Dense:
     """A frozen float32 `Dense` that maps the last axis by `matrix` `(in, out)`."""
     return keras.layers.Dense(
         matrix.shape[1],
@@ -97,8 +110,6 @@ def with_logit_bias(core: keras.Model, bias) -> keras.Model:
     Returns:
         A new `keras.Model`, the same as `core` but for `head_conv`'s bias.
     """
-    import numpy as np
-
     copy = core.__class__.from_config(core.get_config())
     copy.set_weights(core.get_weights())
     head = copy.get_layer("head_conv")
@@ -122,6 +133,69 @@ def tta_sizes(size: int, scales: int, step: int = 16) -> tuple[int, ...]:
     return (size, *extra)
 
 
+def _area_resized(photo, chw, source_size: int, size: int, area_h, mirrored: bool, tag: str):
+    """The photo area-resized to `size` inside the model, mirrored if asked.
+
+    Args:
+        photo: The model's input, `(B, source_size, source_size, 3)`.
+        chw: The same, permuted to `(B, 3, H, W)`.
+        source_size: Side of the photo.
+        size: Side to resize to.
+        area_h: The frozen `Dense` of the height axis, shared by the plain
+            and mirrored photo.
+        mirrored: Mirror the photo horizontally as well.
+        tag: Suffix of the new layers' names.
+
+    Returns:
+        A tensor `(B, size, size, 3)`: `photo` itself when nothing changes.
+    """
+    if source_size == size and not mirrored:
+        return photo
+    area = area_matrix(source_size, size).T  # (source, size)
+    # Reversed columns: the resize and the mirror in one product.
+    area_w = _frozen_axis_map(area[:, ::-1] if mirrored else area, f"photo_area_w{tag}")
+    x = area_w(chw)  # (B, 3, H, s)
+    x = keras.layers.Permute((1, 3, 2), name=f"photo_swap_hw{tag}")(x)  # (B, 3, s, H)
+    x = area_h(x)  # (B, 3, s(w), s(h))
+    return keras.layers.Permute((3, 2, 1), name=f"photo_to_hwc{tag}")(x)  # (B, s, s, 3)
+
+
+def _unflipped(probs, size: int, at: str):
+    """Scores of a mirrored photo mirrored back, `(B, size, size, C)`."""
+    probs = keras.layers.Permute((1, 3, 2), name=f"scores_to_hcw{at}")(probs)  # (B, s, C, s)
+    probs = _frozen_axis_map(np.eye(size, dtype=np.float32)[::-1], f"scores_unflip{at}")(probs)
+    return keras.layers.Permute((1, 3, 2), name=f"scores_to_hwc{at}")(probs)  # (B, s, s, C)
+
+
+def _scores_at(view: keras.Model, photo, chw, source_size: int, size: int, at: str, flip: bool):
+    """The core's scores with the photo at `size` (and mirrored), back at `source_size`.
+
+    Args:
+        view: The core, `(B, size, size, 3)` -> `(B, size, size, C)`.
+        photo: The model's input, `(B, source_size, source_size, 3)`.
+        chw: The same as `(B, 3, H, W)`.
+        source_size: Side of the photo and of the returned scores.
+        size: Side the core runs at.
+        at: Suffix of the new layers' names ("" for the first size).
+        flip: Average in the scores of the mirrored photo.
+
+    Returns:
+        A float32 tensor `(B, source_size, source_size, C)`.
+    """
+    area_h = _frozen_axis_map(area_matrix(source_size, size).T, f"photo_area_h{at}")
+    scores = []
+    for mirrored in (False, True) if flip else (False,):
+        tag = ("_flip" if mirrored else "") + at
+        probs = view(_area_resized(photo, chw, source_size, size, area_h, mirrored, tag))
+        scores.append(_unflipped(probs, size, at) if mirrored else probs)
+    probs = keras.layers.Average(dtype="float32", name=f"scores_mean{at}")(scores) if flip else scores[0]
+    if source_size != size:
+        probs = keras.layers.Resizing(
+            source_size, source_size, interpolation="bilinear", dtype="float32", name=f"scores_resize{at}"
+        )(probs)
+    return probs
+
+
 def at_source_size(
     core: keras.Model,
     source_size: int,
@@ -137,24 +211,15 @@ def at_source_size(
     back to `source_size` (class ids are never interpolated; the argmax is
     taken after). Whoever feeds the saved model photos "resized to its input
     size" then feeds them as they are: the model is not judged on a resize
-    it was not trained with (bilinear without antialiasing, OpenCV's
-    default, lost 0.013 mean IoU against area on the CPU default model), and
-    its output lines up with the full-size labels.
+    it was not trained with, and its output lines up with the full-size
+    labels.
 
     With `flip`, the core also sees the mirrored photo, and its scores,
     mirrored back, are averaged with the plain ones (test-time
-    augmentation: twice the prediction cost, for +0.004 mean IoU and
-    +0.0025 pixel accuracy on the CPU default model; README, Measured).
-    With more than one of `sizes`, the core also runs at the others (the
-    photo area-resized to each) and their scores, each resized to
-    `source_size`, are averaged in (test-time augmentation over scales).
-
-    The area resize is two frozen `Dense` layers holding `area_matrix` (one
-    per axis, between `Permute`s); the mirror is the same resize with the
-    columns of the width matrix reversed, and the scores are mirrored back
-    by a frozen `Dense` holding the reversed identity. Exact, a few small
-    matrix products, and only Keras' own layers, so the model loads without
-    this project, on every backend, and exports.
+    augmentation, at twice the prediction cost). With more than one of
+    `sizes`, the core also runs at the others (the photo area-resized to
+    each) and their scores, each resized to `source_size`, are averaged in
+    (test-time augmentation over scales). The module docstring says how.
 
     Args:
         core: Model `(batch, S, S, 3)` -> `(batch, S, S, C)` probabilities;
@@ -171,54 +236,26 @@ def at_source_size(
         weights; an uncompiled view of the core itself when `source_size`
         is its input size, `flip` is off and there is one size.
     """
-    import numpy as np
-
-    shape = core.input_shape
-    sizes = tuple(sizes) if sizes else (int(shape[1]),)
-    size = sizes[0]
-    if source_size == size and not flip and len(sizes) == 1:
+    sizes = tuple(sizes) if sizes else (int(core.input_shape[1]),)
+    if source_size == sizes[0] and not flip and len(sizes) == 1:
         # An uncompiled view: the saved file then carries no loss, and loads
         # without this project whatever `--loss` trained it.
         return keras.Model(core.input, core.output, name=name or core.name)
-    inputs = keras.Input((source_size, source_size, 3), name="photo")
+    photo = keras.Input((source_size, source_size, 3), name="photo")
     # A fresh Model over the core's graph: the same layers and weights,
     # without the core's compile state, which would be saved with a nested
     # model and then need a custom loss to load even with compile=False.
     view = keras.Model(core.input, core.output, name=core.name)
-    chw = keras.layers.Permute((3, 1, 2), name="photo_to_chw")(inputs)  # (B, 3, H, W)
-    per_size = []
-    for k, s in enumerate(sizes):
-        # The first size keeps the names a one-size model has always had.
-        at = "" if k == 0 else f"_{s}"
-        area = area_matrix(source_size, s).T  # (source, s)
-        area_h = _frozen_axis_map(area, f"photo_area_h{at}")
-        scores = []
-        for mirrored in (False, True) if flip else (False,):
-            tag = ("_flip" if mirrored else "") + at
-            if source_size == s and not mirrored:
-                x = inputs
-            else:
-                # Reversed columns: the resize and the mirror in one product.
-                area_w = _frozen_axis_map(area[:, ::-1] if mirrored else area, f"photo_area_w{tag}")
-                x = area_w(chw)  # (B, 3, H, s)
-                x = keras.layers.Permute((1, 3, 2), name=f"photo_swap_hw{tag}")(x)  # (B, 3, s, H)
-                x = area_h(x)  # (B, 3, s(w), s(h))
-                x = keras.layers.Permute((3, 2, 1), name=f"photo_to_hwc{tag}")(x)  # (B, s, s, 3)
-            probs = view(x)
-            if mirrored:
-                probs = keras.layers.Permute((1, 3, 2), name=f"scores_to_hcw{at}")(probs)  # (B, s, C, s)
-                probs = _frozen_axis_map(np.eye(s, dtype=np.float32)[::-1], f"scores_unflip{at}")(probs)
-                probs = keras.layers.Permute((1, 3, 2), name=f"scores_to_hwc{at}")(probs)  # (B, s, s, C)
-            scores.append(probs)
-        probs = keras.layers.Average(dtype="float32", name=f"scores_mean{at}")(scores) if flip else scores[0]
-        if source_size != s:
-            probs = keras.layers.Resizing(
-                source_size, source_size, interpolation="bilinear", dtype="float32", name=f"scores_resize{at}"
-            )(probs)
-        per_size.append(probs)
+    chw = keras.layers.Permute((3, 1, 2), name="photo_to_chw")(photo)  # (B, 3, H, W)
+    # The first size keeps the names a one-size model has always had.
+    per_size = [
+        _scores_at(view, photo, chw, source_size, s, "" if k == 0 else f"_{s}", flip)
+        for k, s in enumerate(sizes)
+    ]
+    probs = per_size[0]
     if len(per_size) > 1:
         probs = keras.layers.Average(dtype="float32", name="scores_mean_sizes")(per_size)
-    return keras.Model(inputs, probs, name=name or f"{core.name}_at_{source_size}")
+    return keras.Model(photo, probs, name=name or f"{core.name}_at_{source_size}")
 
 
 def inference_model(
@@ -272,7 +309,7 @@ def float32_copy(model: keras.Model) -> keras.Model:
     Under `mixed_float16` or `mixed_bfloat16` the weights are float32
     already and only the layers' computation is in 16 bits. A model saved
     that way computes in 16 bits wherever it is loaded: on a CPU without
-    bf16 units that is several times slower than float32, and an exported
+    bf16 units that is slower than float32, and an exported
     copy (OpenVINO computes in float32) disagrees with it on more pixels.
     The copy rebuilds the same layers (nested models too) from the
     model's config with float32 policies and takes its weights.

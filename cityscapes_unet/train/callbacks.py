@@ -1,4 +1,9 @@
-"""Training callbacks: best model, resume state, history, progress pictures."""
+"""Training callbacks: best model, resume state, history, progress pictures.
+
+Keras has callbacks for most of these jobs (`ModelCheckpoint`,
+`BackupAndRestore`, `CSVLogger`, `TerminateOnNaN`); each one kept here says
+in its docstring what the Keras one lacks.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ import numpy as np
 
 from cityscapes_unet import io, plots
 from cityscapes_unet.errors import TrainingError
-from cityscapes_unet.plots import write_gif
 from cityscapes_unet.train.distribute import portable_batchnorm, predict_padded
 
 
@@ -39,7 +43,15 @@ def save_model_atomic(model: keras.Model, path: str) -> None:
 
 
 def weights_finite(model: keras.Model) -> bool:
-    """Whether every weight of `model` is finite (no NaN, no infinity)."""
+    """Whether every weight of `model` is finite (no NaN, no infinity).
+
+    Args:
+        model: The model.
+
+    Returns:
+        True when no weight (batch norm statistics included) is NaN or
+        infinite.
+    """
     return all(np.isfinite(w).all() for w in model.get_weights())
 
 
@@ -49,6 +61,13 @@ def epoch_is_sound(model: keras.Model, logs: dict | None) -> bool:
     A NaN batch leaves NaN weights, and validation on them still gives a
     finite (tiny) mean IoU; neither the best model nor the resume state may
     ever hold such weights.
+
+    Args:
+        model: The model at the end of the epoch.
+        logs: The epoch's logs (`loss` is read, when there).
+
+    Returns:
+        True when the epoch may be saved.
     """
     loss = (logs or {}).get("loss")
     return (loss is None or math.isfinite(float(loss))) and weights_finite(model)
@@ -56,6 +75,15 @@ def epoch_is_sound(model: keras.Model, logs: dict | None) -> bool:
 
 class BestModelCheckpoint(keras.callbacks.Callback):
     """Keep the model with the best validation mean IoU on disk, atomically.
+
+    Not `keras.callbacks.ModelCheckpoint(save_best_only=True)`: it writes
+    the file in place (a kill mid-save loses the best model), saves epochs
+    with non-finite weights, and can save neither a transformed model
+    (`to_save`) nor the score to resume from.
+
+    An epoch is saved when its score beats the best so far and it is sound
+    (`epoch_is_sound`); the file is replaced in one step
+    (`save_model_atomic`) and `info_path` records its score and epoch.
 
     Args:
         path: Destination `.keras` file.
@@ -91,7 +119,14 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
     @staticmethod
     def info_path(path: str) -> str:
-        """The JSON beside a best model that records its score and epoch."""
+        """The JSON beside a best model that records its score and epoch.
+
+        Args:
+            path: The best model's `.keras` path.
+
+        Returns:
+            The same path with `.json` for its extension.
+        """
         return os.path.splitext(path)[0] + ".json"
 
     def catch_up(self, model: keras.Model, row: dict) -> None:
@@ -111,7 +146,11 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self.on_epoch_end(epoch, {k: v for k, v in row.items() if k != "epoch"})
 
     def restore(self) -> None:
-        """Take the best score and epoch of the model already on disk."""
+        """Take the best score and epoch of the model already on disk.
+
+        Without the model or its JSON the best stays unset: the first sound
+        epoch is saved.
+        """
         info = self.info_path(self.path)
         if os.path.isfile(self.path) and os.path.isfile(info):
             with open(info) as f:
@@ -121,6 +160,9 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
 class StopOnNonFinite(keras.callbacks.Callback):
     """Stop at the first NaN or infinite training loss or weight, and say where.
+
+    Not `keras.callbacks.TerminateOnNaN`: it checks the loss only, never the
+    weights, and keeps no account of where training failed.
 
     The weights are checked at the end of each epoch: batch norm's moving
     statistics can overflow while the loss, computed on batch statistics,
@@ -154,6 +196,11 @@ class StopOnNonFinite(keras.callbacks.Callback):
 class ResumeState(keras.callbacks.Callback):
     """Save everything needed to continue a run after every epoch.
 
+    Not `keras.callbacks.BackupAndRestore`: it overwrites its weights and
+    then its epoch file in place (a kill between or during them leaves a
+    mismatched or torn pair), backs up epochs with non-finite weights, and
+    restores only inside `fit`, after the run has already been set up.
+
     `folder/epoch_XXX.keras` holds the model with its optimizer state (Adam
     moments, step count: the learning-rate schedule goes on from there);
     `folder/state.json` names the last complete one and is written after
@@ -185,7 +232,15 @@ class ResumeState(keras.callbacks.Callback):
 
     @classmethod
     def load(cls, folder: str) -> tuple[int, str] | None:
-        """The last complete epoch and its model file, or None if there is none."""
+        """The last complete epoch and its model file.
+
+        Args:
+            folder: The state folder.
+
+        Returns:
+            `(epochs_done, model_path)`, or None when there is no readable
+            state or its model file is missing.
+        """
         path = os.path.join(folder, cls.STATE)
         if not os.path.isfile(path):
             return None
@@ -214,6 +269,11 @@ HISTORY_KEYS = (
 class HistoryCSV(keras.callbacks.Callback):
     """Write `history.csv` after every epoch, atomically, with the learning rate.
 
+    Not `keras.callbacks.CSVLogger(append=True)`: it appends to the file in
+    place (a kill mid-write leaves a torn row, and a resumed run keeps the
+    rows of epochs it runs again) and takes its columns from the first
+    epoch's logs, not a fixed set.
+
     Args:
         path: Destination CSV.
     """
@@ -233,7 +293,11 @@ class HistoryCSV(keras.callbacks.Callback):
         io.atomic_write_text(self.path, "\n".join(lines) + "\n")
 
     def restore(self, epochs_done: int) -> None:
-        """Take the rows of the first `epochs_done` epochs from the CSV on disk."""
+        """Take the rows of the first `epochs_done` epochs from the CSV on disk.
+
+        Args:
+            epochs_done: Epochs of the resumed run; later rows are dropped.
+        """
         if os.path.isfile(self.path):
             history = io.read_history(self.path)
             n = len(history.get("epoch", []))
@@ -245,7 +309,11 @@ class HistoryCSV(keras.callbacks.Callback):
             self.rows = [{**r, "epoch": int(r["epoch"])} for r in self.rows]
 
     def columns(self) -> dict[str, list[float]]:
-        """The history so far, as columns."""
+        """The history so far, as columns.
+
+        Returns:
+            `epoch` and each of `HISTORY_KEYS` -> one float per epoch.
+        """
         keys = ("epoch",) + HISTORY_KEYS
         return {k: [float(r[k]) for r in self.rows] for k in keys}
 
@@ -309,7 +377,12 @@ class ProgressPictures(keras.callbacks.Callback):
             self._draw(0)
 
     def restore(self, epochs_done: int) -> None:
-        """Reuse the pictures of the first `epochs_done` epochs already drawn."""
+        """Reuse the pictures of the first `epochs_done` epochs already drawn.
+
+        Args:
+            epochs_done: Epochs of the resumed run; later pictures are not
+                reused.
+        """
         done = sorted(glob.glob(os.path.join(self.folder, "epoch_*.png")))
         self.frames = [f for f in done if int(os.path.basename(f)[6:9]) <= epochs_done]
 
@@ -319,4 +392,4 @@ class ProgressPictures(keras.callbacks.Callback):
             self._draw(done, logs)
 
     def on_train_end(self, logs=None):
-        write_gif(self.frames, self.gif_path)
+        plots.write_gif(self.frames, self.gif_path)

@@ -1,21 +1,27 @@
+"""The configuration of a training run: its fields, their checks, the machine's defaults.
+
+A `TrainConfig` comes from the command line (`main.py`): the dataclass
+defaults, then the fields of a saved `config.json` (`--config`), then
+`--set KEY=VALUE`, then the flags written out. `resolve_config` fills what
+is left to the machine; the result is saved as the run's `config.json`.
+"""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import os
-import time
+import types
+import typing
 from dataclasses import dataclass
 
 import keras
-import numpy as np
 
-import utils_func as uf
 from cityscapes_unet.data import source as data_source
+from cityscapes_unet.data.decode import AUGMENTS
 from cityscapes_unet.errors import UsageError
 from cityscapes_unet.train.distribute import DISTRIBUTE
-from cityscapes_unet.train.losses import make_loss
-from segmentation_model import build_unet, widths_from_base
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
@@ -44,73 +50,46 @@ ENCODERS = ("unet", "resnet50", "efficientnetb0")
 DEPTH = 4  # down-sampling levels of the UNet
 
 
-# Defaults by machine. On 2 CPU cores a training step of the UNet runs at
-# about 14 images/s at 128x128 with 16 base filters and 17-20 with 12; a
-# full epoch with validation took 155-200 s at 128x128 / 12 (shared machines
-# vary), too close to the 30-minute budget for 10 epochs over the 2975
-# pairs. 96x96 with 16 filters costs about what 112x112 with 12 did (epochs
-# of 141-144 s on a quiet machine, both) and learned more in the same 10
-# epochs (validation mean IoU 0.346 against 0.337; 0.340 against 0.334 at
-# the labels' 256x256; with another seed 0.340 against 0.329): wider
-# levels buy more than the extra resolution.
-# A GPU takes the classic UNet at the data's 256x256. On CPU, batches of 8
-# learn more per epoch than 16 at the same speed per image: twice the steps
-# in a short run (3-epoch validation mean IoU 0.269 vs 0.246; batches of 4
-# did worse again).
-#
-# The 10-epoch CPU runs underfit (training and validation scores equal), so
-# they train without the flip: on the bf16 default it cost 0.010 validation
-# mean IoU at 96x96 (0.385 against 0.395; 0.384 against 0.393 at 256x256
-# with the flip at test time), and 0.005 on the 112x112 12-filter default
-# on the AVX2 CPU (README, Measured). A GPU's longer runs keep it.
-#
-# Residual conv blocks (`segmentation_model.conv_block`) on the bf16 CPU
-# default: 0.420 mean IoU and 0.879 pixel accuracy at 256x256 against 0.401
-# and 0.875 with plain blocks (both saved with `--logit-adjust 0.25`), in
-# the same 10 epochs and about the same time (25.1 and 26.5 min against
-# 24.8 on a host whose load varies; README, Measured). The float32 CPU default keeps
-# plain blocks: the residual ones were not timed there, and its run has
-# less of the 30 minutes to spare (about 27 min).
-CPU_DEFAULTS = {"image_size": 96, "base_filters": 16, "batch_size": 8, "augment": "none", "block": "plain"}
-
-
-# A CPU with bf16 matrix units (AMX) running mixed_bfloat16 (what `auto`
-# picks there) trains the UNet 1.2-1.9x as fast as float32 with XLA
-# (BENCHMARKS.md, machine B): 10 epochs at 96x96 with 24 filters took
-# 22.9-25.1 min on 2 such cores (README, Measured).
-CPU_BF16_DEFAULTS = {
-    "image_size": 96,
-    "base_filters": 24,
-    "batch_size": 8,
-    "augment": "none",
-    "block": "residual",
+# What a run leaves to the machine, by machine kind (`machine_kind`), with
+# why in a few words. A CPU run is meant to finish 10 epochs in about half
+# an hour on a couple of cores: small inputs, and batches of 8, since more
+# steps learn more in a short run than bigger batches. Such short runs
+# underfit, so they go without the flip; a GPU's longer runs keep it. Wider
+# levels buy more than extra resolution at the same cost, and bf16 matrix
+# units pay for wider levels and residual blocks. A GPU takes the classic
+# UNet at the data's full size. Measurements: docs/experiments.md.
+MACHINE_DEFAULTS = {
+    "cpu": (
+        {"image_size": 96, "base_filters": 16, "batch_size": 8, "augment": "none", "block": "plain"},
+        "small enough for a short CPU run, which underfits: no flip",
+    ),
+    "cpu_bf16": (
+        {"image_size": 96, "base_filters": 24, "batch_size": 8, "augment": "none", "block": "residual"},
+        "bf16 matrix units afford wider levels and residual blocks in the same time",
+    ),
+    "gpu": (
+        {"image_size": 256, "base_filters": 64, "batch_size": 16, "augment": "flip", "block": "plain"},
+        "the classic UNet at the data's full size, with the flip for longer runs",
+    ),
 }
 
 
-# The classic UNet (plain conv blocks) on a GPU: the residual blocks were
-# measured on the 10-epoch CPU run only (README, Measured).
-GPU_DEFAULTS = {"image_size": 256, "base_filters": 64, "batch_size": 16, "augment": "flip", "block": "plain"}
-
-
-# --autosize: UNet sizes (image size, base filters) in order of cost per
-# image. The first is the CPU default, measured on 2 AVX2 cores; the others
-# are for CPUs faster than that one (bf16 matrix units make a step several
-# times faster), where the default would leave most of the budget unused.
-# Width before resolution: at the same cost 16 filters at 96x96 learned
-# more than 12 at 112x112 (README, Measured).
-AUTOSIZE_MODES = ("auto", "on", "off")
-
-
-AUTOSIZE_LADDER = ((96, 16), (96, 24), (128, 24), (128, 32), (160, 32), (192, 32))
-
-
-# A larger size is taken only if the whole run is projected to take at most
-# this long: the 30-minute goal keeps a margin for a busy machine.
-AUTOSIZE_BUDGET_S = 25 * 60
-
-
-# Timed training steps per size; the two before them (build, trace) are not.
-AUTOSIZE_STEPS = 6
+#: Fields without a flag of their own: given as `--set KEY=VALUE` (or in a
+#: `--config` file). Messages about them name them that way (`flag_text`).
+SET_ONLY = (
+    "warmup_epochs",
+    "early_stop",
+    "val_split",
+    "block",
+    "tta",
+    "logit_adjust",
+    "class_weights",
+    "encoder_weights",
+    "num_progress",
+    "cpu_replicas",
+    "tfds_data_dir",
+    "tfds_manual_dir",
+)
 
 
 @dataclass
@@ -153,7 +132,138 @@ class TrainConfig:
     tfds_data_dir: str | None = None
     tfds_manual_dir: str | None = None
     pipeline: str = "auto"
-    autosize: str = "off"
+
+
+#: Field name -> `(type, optional)`: `(int, True)` for `int | None`.
+FIELD_TYPES = {
+    name: (
+        next(a for a in typing.get_args(t) if a is not type(None)) if isinstance(t, types.UnionType) else t,
+        isinstance(t, types.UnionType),
+    )
+    for name, t in typing.get_type_hints(TrainConfig).items()
+}
+
+
+def flag_text(field: str, value) -> str:
+    """How a user gives `field = value`: `--image-size 96`, or `--set tta=flip` for `SET_ONLY`."""
+    if field in SET_ONLY:
+        return f"--set {field}={value}"
+    return f"--{field.replace('_', '-')} {value}"
+
+
+_BOOLS = {
+    **dict.fromkeys(("true", "1", "yes", "on"), True),
+    **dict.fromkeys(("false", "0", "no", "off"), False),
+}
+
+
+_KIND_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _parse(kind: type, text: str):
+    """`text` as a `kind` (bool, int, float); ValueError when it is none."""
+    if kind is not bool:
+        return kind(text)
+    if text.lower() not in _BOOLS:
+        raise ValueError(text)
+    return _BOOLS[text.lower()]
+
+
+def typed_value(field: str, raw, where: str):
+    """`raw` as a value of `field`'s type: a string is parsed, a JSON value checked.
+
+    For a field that may be None (`int | None`), an empty string is None
+    (and for a number, `none` too).
+
+    Raises:
+        UsageError: Naming `where` when `raw` is no value of the type.
+    """
+    kind, optional = FIELD_TYPES[field]
+    if isinstance(raw, str):
+        if optional and (raw == "" or (kind is not str and raw.strip().lower() in ("none", "null"))):
+            return None
+        if kind is str:
+            return raw
+        try:
+            return _parse(kind, raw.strip())
+        except ValueError:
+            pass
+    elif raw is None and optional:
+        return None
+    elif kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    elif isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
+        return raw
+    wanted = _KIND_WORDS[kind] + (" or empty" if optional else "")
+    raise UsageError(f"{where}: {field} must be {wanted}, not {raw!r}")
+
+
+def parse_setting(item: str) -> tuple[str, object]:
+    """`KEY=VALUE` of `--set` as `(field, value)`, the value parsed by the field's type.
+
+    Raises:
+        UsageError: For no `=`, an unknown key or a value of the wrong type.
+    """
+    key, sep, text = item.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep:
+        raise UsageError(f"--set {item}: expected KEY=VALUE")
+    if key not in FIELD_TYPES:
+        raise UsageError(f"--set {item}: no setting {key!r}; the settings: {', '.join(FIELD_TYPES)}")
+    return key, typed_value(key, text, f"--set {item}")
+
+
+def saved_fields(saved: dict) -> dict:
+    """The `TrainConfig` fields of a saved `config.json` (older runs' spellings updated)."""
+    fields = {k: saved[k] for k in FIELD_TYPES if k in saved}
+    if isinstance(fields.get("augment"), bool):  # written before --augment took a mode
+        fields["augment"] = "flip" if fields["augment"] else "none"
+    return fields
+
+
+def read_config_file(path: str) -> dict:
+    """The fields of the `config.json` at `path` (`--config`), typed.
+
+    Raises:
+        UsageError: When the file is missing, is not JSON, or holds a value
+            of the wrong type.
+    """
+    if not os.path.isfile(path):
+        raise UsageError(f"--config {path}: file not found")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--config {path}: not a JSON file ({e})") from None
+    if not isinstance(saved, dict):
+        raise UsageError(f"--config {path}: not a config.json (no object of settings)")
+    return {k: typed_value(k, v, f"--config {path}") for k, v in saved_fields(saved).items()}
+
+
+def config_from_command_line(
+    given: dict, settings: typing.Sequence[str] = (), config_file: str | None = None
+) -> tuple[TrainConfig, set[str]]:
+    """The configuration of a command line, and the names of the fields it sets.
+
+    Args:
+        given: Field -> value of the flags written out on the command line.
+        settings: The `--set KEY=VALUE` items, in order (a later one wins).
+        config_file: A saved `config.json` whose fields replace the defaults.
+
+    Raises:
+        UsageError: For a bad `--config` or `--set`, or a field set both by
+            `--set` and by its flag.
+    """
+    fields = read_config_file(config_file) if config_file else {}
+    for item in settings:
+        key, value = parse_setting(item)
+        if key in given:
+            raise UsageError(
+                f"--set {item}: {key} is given as {flag_text(key, given[key])} too; give it once"
+            )
+        fields[key] = value
+    fields.update(given)
+    return TrainConfig(**fields), set(fields)
 
 
 def gpu_available() -> bool:
@@ -209,11 +319,11 @@ def resolve_xla(
     """The `jit_compile` argument of `Model.compile` for `--xla MODE`.
 
     Keras' own "auto" leaves XLA off on a CPU-only TensorFlow. Here `auto`
-    turns it on for a CPU in two cases measured on 2 AVX2 cores
-    (`bench/train_speed.py`): float32, 1.35x faster with XLA; and bfloat16
-    without bf16 matrix units, 7x slower without XLA. A CPU with bf16 units
-    running `mixed_bfloat16` keeps TensorFlow's own kernels (oneDNN uses
-    the units directly; XLA's CPU code has not been measured there).
+    turns it on for a CPU in two cases where it is faster
+    (`bench/train_speed.py`): float32, and bfloat16 without bf16 matrix
+    units (whose uncompiled kernels are slow). A CPU with bf16 units running
+    `mixed_bfloat16` keeps TensorFlow's own kernels (oneDNN uses the units
+    directly).
 
     Args:
         mode: `auto`, `on` or `off`.
@@ -221,7 +331,7 @@ def resolve_xla(
         policy: The dtype policy in use.
         bf16_units: Whether the CPU has bf16 matrix units.
         cpu_replicas: Replicas of a TensorFlow strategy over logical CPU
-            devices (`--cpu-replicas`). XLA cannot run those: a compiled
+            devices (`--set cpu_replicas=N`). XLA cannot run those: a compiled
             step reaches a variable of another replica's device and fails
             (XLA's known issue "tf.Variable on a different device").
 
@@ -234,8 +344,8 @@ def resolve_xla(
     cpu_split = not on_gpu and cpu_replicas > 1 and keras.backend.backend() == "tensorflow"
     if mode == "on" and cpu_split:
         raise UsageError(
-            f"--xla on: XLA cannot compile a step over {cpu_replicas} CPU replicas (--cpu-replicas); "
-            "use --xla auto or off"
+            f"--xla on: XLA cannot compile a step over {cpu_replicas} CPU replicas "
+            f"({flag_text('cpu_replicas', cpu_replicas)}); use --xla auto or off"
         )
     if mode != "auto":
         return mode == "on"
@@ -248,229 +358,80 @@ def resolve_xla(
     return True
 
 
-def projected_run_seconds(rate: float, n_train: int, n_val: int, epochs: int) -> float:
-    """Wall time of a training run projected from the speed of its training step.
-
-    A validation image costs about a third of a training one (forward only);
-    about 3 minutes go to decoding, compilation and the final outputs. With
-    the CPU default's 18.8 images/s this projects 26.7 min for the 10-epoch
-    run on 2529 + 446 pairs, which took 26.5 min (README, Measured).
-
-    Args:
-        rate: Training images per second.
-        n_train: Training samples per epoch.
-        n_val: Validation samples per epoch.
-        epochs: Epochs.
-
-    Returns:
-        Projected seconds.
-    """
-    return epochs * (n_train + n_val / 3) / rate + 180.0
+def stride(encoder: str) -> tuple[int, str]:
+    """What the image size must be a multiple of for `encoder`, and why."""
+    if encoder == "unet":
+        return 2**DEPTH, f"2^{DEPTH} down-sampling levels"
+    return 32, f"the {encoder} encoder's stride"
 
 
-def measure_step_rate(
-    image_size: int,
-    base_filters: int,
-    batch_size: int,
-    jit_compile: bool | str,
-    loss: str = "ce",
-    steps: int = AUTOSIZE_STEPS,
-) -> float:
-    """Training images per second of the UNet of this size, on random batches.
-
-    Under the global dtype policy, with the run's loss and per-pixel sample
-    weights, as in training (the Lovasz term costs up to a third of a
-    step without XLA). The first two steps (building, tracing, compiling)
-    are not timed.
-
-    Args:
-        image_size: Side of the square input.
-        base_filters: First UNet width.
-        batch_size: Batch size.
-        jit_compile: `Model.compile`'s argument.
-        loss: One of `LOSSES`.
-        steps: Timed steps.
-
-    Returns:
-        Images per second.
-    """
-    model = build_unet(image_size, uf.NUM_CLASSES, widths_from_base(base_filters, DEPTH))
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-4),
-        loss=make_loss(np.ones(uf.NUM_CLASSES, "float32"), loss),
-        jit_compile=jit_compile,
-    )
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (batch_size, image_size, image_size, 3)).astype("float32")
-    y = np.eye(uf.NUM_CLASSES, dtype="float32")[rng.integers(0, uf.NUM_CLASSES, x.shape[:3])]
-    w = np.ones(x.shape[:3], "float32")
-    for _ in range(2):
-        model.train_on_batch(x, y, sample_weight=w)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        model.train_on_batch(x, y, sample_weight=w)
-    return steps * batch_size / (time.perf_counter() - t0)
+def _one_of(options: tuple[str, ...], optional: bool = False):
+    """A check and its message: the value is one of `options` (or None)."""
+    return (lambda v, c: (optional and v is None) or v in options), f"must be one of {', '.join(options)}"
 
 
-def choose_autosize(
-    n_train: int,
-    n_val: int,
-    epochs: int,
-    batch_size: int,
-    jit_compile: bool | str,
-    measure=measure_step_rate,
-    ladder: tuple[tuple[int, int], ...] = AUTOSIZE_LADDER,
-    budget_s: float = AUTOSIZE_BUDGET_S,
-) -> tuple[tuple[int, int], list[str]]:
-    """The largest UNet size of `ladder` whose run fits the budget on this machine.
+def _at_least(n: int, optional: bool = False):
+    """A check: the value is at least `n` (or None)."""
+    return lambda v, c: (optional and v is None) or v >= n
 
-    Measures the sizes in order and stops at the first that does not fit;
-    the first size is kept even when it does not fit (it is the measured
-    default).
 
-    Args:
-        n_train: Training samples per epoch.
-        n_val: Validation samples per epoch.
-        epochs: Epochs of the run.
-        batch_size: Batch size.
-        jit_compile: `Model.compile`'s argument.
-        measure: `measure_step_rate` or a stand-in with its signature.
-        ladder: `(image_size, base_filters)` pairs in order of cost.
-        budget_s: Longest projected run, in seconds.
-
-    Returns:
-        `((image_size, base_filters), lines)`: the choice, and one line per
-        measured size.
-    """
-    chosen, lines = ladder[0], []
-    for size, filters in ladder:
-        rate = measure(size, filters, batch_size, jit_compile)
-        minutes = projected_run_seconds(rate, n_train, n_val, epochs) / 60
-        fits = minutes <= budget_s / 60
-        over = "" if fits else f" (over {budget_s / 60:.0f} min)"
-        lines.append(
-            f"{size}x{size}, {filters} filters: {rate:.1f} images/s, {epochs} epochs in about {minutes:.0f} min{over}"
-        )
-        if not fits:
-            break
-        chosen = (size, filters)
-    return chosen, lines
+#: `(field, check(value, cfg), message)`, checked in order; a message may
+#: be a function of the configuration.
+CHECKS = (
+    ("epochs", _at_least(1), "must be at least 1"),
+    ("batch_size", _at_least(1, True), "must be at least 1"),
+    ("base_filters", _at_least(1, True), "must be at least 1"),
+    ("learning_rate", lambda v, c: v > 0 and math.isfinite(v), "must be a positive number"),
+    ("warmup_epochs", lambda v, c: 0 <= v < c.epochs, "must be 0 or more and fewer than --epochs"),
+    ("early_stop", _at_least(0), "must be 0 (off) or a number of epochs"),
+    ("val_split", lambda v, c: 0 < v < 1, "must be between 0 and 1 (exclusive)"),
+    ("limit", _at_least(2, True), "must be at least 2 (one train and one validation pair)"),
+    ("num_preds", _at_least(0), "must be 0 or more"),
+    ("progress_every", _at_least(0), "must be 0 (off) or more"),
+    ("num_progress", _at_least(1), "must be at least 1"),
+    ("precision", *_one_of(PRECISIONS)),
+    ("schedule", *_one_of(SCHEDULES)),
+    ("loss", *_one_of(LOSSES)),
+    ("augment", *_one_of(AUGMENTS, optional=True)),
+    ("block", *_one_of(BLOCKS, optional=True)),
+    ("tta", *_one_of(TTAS)),
+    ("logit_adjust", lambda v, c: 0.0 <= v <= 1.0, "must be between 0 and 1"),
+    ("encoder", *_one_of(ENCODERS)),
+    ("encoder_weights", lambda v, c: v in ("imagenet", "none"), "must be imagenet or none"),
+    ("xla", *_one_of(XLA_MODES)),
+    ("distribute", *_one_of(DISTRIBUTE)),
+    ("cpu_replicas", _at_least(1), "must be at least 1"),
+    ("dataset", *_one_of(data_source.DATASETS)),
+    ("pipeline", *_one_of(data_source.PIPELINES)),
+    ("class_weights", *_one_of(CLASS_WEIGHTS)),
+    (
+        "image_size",
+        lambda v, c: v is None or (v >= stride(c.encoder)[0] and v % stride(c.encoder)[0] == 0),
+        lambda c: "must be a positive multiple of {} ({})".format(*stride(c.encoder)),
+    ),
+)
 
 
 def validate_config(cfg: TrainConfig) -> None:
-    """Raise `UsageError` naming the first flag whose value cannot work."""
-    checks = [
-        (cfg.epochs >= 1, "--epochs", cfg.epochs, "must be at least 1"),
-        (cfg.batch_size is None or cfg.batch_size >= 1, "--batch-size", cfg.batch_size, "must be at least 1"),
-        (
-            cfg.base_filters is None or cfg.base_filters >= 1,
-            "--base-filters",
-            cfg.base_filters,
-            "must be at least 1",
-        ),
-        (
-            cfg.learning_rate > 0 and math.isfinite(cfg.learning_rate),
-            "--learning-rate",
-            cfg.learning_rate,
-            "must be a positive number",
-        ),
-        (
-            0 <= cfg.warmup_epochs < cfg.epochs,
-            "--warmup-epochs",
-            cfg.warmup_epochs,
-            "must be 0 or more and fewer than --epochs",
-        ),
-        (cfg.early_stop >= 0, "--early-stop", cfg.early_stop, "must be 0 (off) or a number of epochs"),
-        (0 < cfg.val_split < 1, "--val-split", cfg.val_split, "must be between 0 and 1 (exclusive)"),
-        (
-            cfg.limit is None or cfg.limit >= 2,
-            "--limit",
-            cfg.limit,
-            "must be at least 2 (one train and one validation pair)",
-        ),
-        (cfg.num_preds >= 0, "--num-preds", cfg.num_preds, "must be 0 or more"),
-        (cfg.progress_every >= 0, "--progress-every", cfg.progress_every, "must be 0 (off) or more"),
-        (cfg.num_progress >= 1, "--num-progress", cfg.num_progress, "must be at least 1"),
-        (
-            cfg.precision in PRECISIONS,
-            "--precision",
-            cfg.precision,
-            f"must be one of {', '.join(PRECISIONS)}",
-        ),
-        (cfg.schedule in SCHEDULES, "--schedule", cfg.schedule, f"must be one of {', '.join(SCHEDULES)}"),
-        (cfg.loss in LOSSES, "--loss", cfg.loss, f"must be one of {', '.join(LOSSES)}"),
-        (
-            cfg.augment is None or cfg.augment in uf.AUGMENTS,
-            "--augment",
-            cfg.augment,
-            f"must be one of {', '.join(uf.AUGMENTS)}",
-        ),
-        (
-            cfg.block is None or cfg.block in BLOCKS,
-            "--block",
-            cfg.block,
-            f"must be one of {', '.join(BLOCKS)}",
-        ),
-        (cfg.tta in TTAS, "--tta", cfg.tta, f"must be one of {', '.join(TTAS)}"),
-        (0.0 <= cfg.logit_adjust <= 1.0, "--logit-adjust", cfg.logit_adjust, "must be between 0 and 1"),
-        (cfg.encoder in ENCODERS, "--encoder", cfg.encoder, f"must be one of {', '.join(ENCODERS)}"),
-        (
-            cfg.encoder_weights in ("imagenet", "none"),
-            "--encoder-weights",
-            cfg.encoder_weights,
-            "must be imagenet or none",
-        ),
-        (cfg.xla in XLA_MODES, "--xla", cfg.xla, f"must be one of {', '.join(XLA_MODES)}"),
-        (
-            cfg.autosize in AUTOSIZE_MODES,
-            "--autosize",
-            cfg.autosize,
-            f"must be one of {', '.join(AUTOSIZE_MODES)}",
-        ),
-        (
-            cfg.distribute in DISTRIBUTE,
-            "--distribute",
-            cfg.distribute,
-            f"must be one of {', '.join(DISTRIBUTE)}",
-        ),
-        (cfg.cpu_replicas >= 1, "--cpu-replicas", cfg.cpu_replicas, "must be at least 1"),
-        (
-            cfg.dataset in data_source.DATASETS,
-            "--dataset",
-            cfg.dataset,
-            f"must be one of {', '.join(data_source.DATASETS)}",
-        ),
-        (
-            cfg.pipeline in data_source.PIPELINES,
-            "--pipeline",
-            cfg.pipeline,
-            f"must be one of {', '.join(data_source.PIPELINES)}",
-        ),
-        (
-            cfg.class_weights in CLASS_WEIGHTS,
-            "--class-weights",
-            cfg.class_weights,
-            f"must be one of {', '.join(CLASS_WEIGHTS)}",
-        ),
-    ]
-    if cfg.image_size is not None:
-        factor = 2**DEPTH if cfg.encoder == "unet" else 32
-        why = (
-            f"2^{DEPTH} down-sampling levels"
-            if cfg.encoder == "unet"
-            else f"the {cfg.encoder} encoder's stride"
-        )
-        checks.append(
-            (
-                cfg.image_size >= factor and cfg.image_size % factor == 0,
-                "--image-size",
-                cfg.image_size,
-                f"must be a positive multiple of {factor} ({why})",
-            )
-        )
-    for ok, flag, value, why in checks:
-        if not ok:
-            raise UsageError(f"{flag} {value}: {why}")
+    """Raise `UsageError` naming the first setting whose value cannot work (see `CHECKS`)."""
+    for field, check, message in CHECKS:
+        value = getattr(cfg, field)
+        if not check(value, cfg):
+            why = message(cfg) if callable(message) else message
+            raise UsageError(f"{flag_text(field, value)}: {why}")
+
+
+def machine_kind(on_gpu: bool, policy: str) -> str:
+    """The key of `MACHINE_DEFAULTS` for this machine and dtype policy.
+
+    The bf16 defaults need both the units and the policy that uses them:
+    float32 asked for on such a CPU runs at the float32 default's speed.
+    """
+    if on_gpu:
+        return "gpu"
+    if policy == "mixed_bfloat16" and cpu_has_bf16_matmul():
+        return "cpu_bf16"
+    return "cpu"
 
 
 def resolve_config(cfg: TrainConfig, on_gpu: bool) -> tuple[TrainConfig, str, list[str]]:
@@ -486,49 +447,22 @@ def resolve_config(cfg: TrainConfig, on_gpu: bool) -> tuple[TrainConfig, str, li
     """
     validate_config(cfg)
     policy, why_policy = resolve_precision(cfg.precision, on_gpu)
-    bf16_cpu = not on_gpu and policy == "mixed_bfloat16" and cpu_has_bf16_matmul()
-    if on_gpu:
-        defaults, where = GPU_DEFAULTS, "GPU"
-    elif bf16_cpu:
-        defaults, where = CPU_BF16_DEFAULTS, "CPU with bf16 units"
-    else:
-        defaults, where = CPU_DEFAULTS, "CPU"
-    why_default = {
-        "image_size": "the classic UNet at the data's full 256x256"
-        if on_gpu
-        else "10 epochs over the 2975 pairs fit in 30 min on 2 cores",
-        "base_filters": "classic widths 64..512, 1024 bottleneck"
-        if on_gpu
-        else "widths 24..192, 384 bottleneck: under bf16 on these units 10 epochs of it took 25 min on 2 cores"
-        if bf16_cpu
-        else "widths 16..128, 256 bottleneck: at 96x96 these learned more than 12..96 at 112x112 in the same time",
-        "batch_size": "fills the GPU without running out of memory"
-        if on_gpu
-        else "more steps per epoch learn more in a short run than bigger batches",
-        "augment": "random horizontal flip"
-        if on_gpu
-        else "no flip: the 10-epoch run underfits, and the flip cost it 0.010 validation mean IoU",
-        "block": "residual conv blocks: 0.420 against 0.401 mean IoU for plain ones in the same 10 epochs"
-        if defaults["block"] == "residual"
-        else "plain conv blocks: the classic UNet"
-        if on_gpu
-        else "plain conv blocks: residual ones were measured only on CPUs with bf16 units",
-    }
+    kind = machine_kind(on_gpu, policy)
+    defaults, why = MACHINE_DEFAULTS[kind]
+    notes = dict.fromkeys(defaults, f"{kind} default")
     if cfg.encoder != "unet":
         defaults = dict(defaults)
         if defaults["image_size"] % 32:
             defaults["image_size"] = 128
-            why_default["image_size"] = f"the CPU default rounded up to a multiple of 32 for {cfg.encoder}"
-        why_default["base_filters"] = (
-            "not used by the encoder UNet: its decoder widths are 256, 128, 64, 32, 16"
-        )
-        why_default["block"] = "not used by the encoder UNet: its decoder has plain conv blocks"
-    reasons = []
+            notes["image_size"] = f"the {kind} default rounded up to a multiple of 32 for {cfg.encoder}"
+        notes["base_filters"] = f"not used by the {cfg.encoder} UNet: its decoder widths are fixed"
+        notes["block"] = f"not used by the {cfg.encoder} UNet: its decoder has plain conv blocks"
+    reasons = [f"machine = {kind} ({why})"]
     changes = {}
     for key, value in defaults.items():
         if getattr(cfg, key) is None:
             changes[key] = value
-            reasons.append(f"{key} = {value} ({where} default: {why_default[key]})")
+            reasons.append(f"{key} = {value} ({notes[key]})")
         else:
             reasons.append(f"{key} = {getattr(cfg, key)} (from the command line)")
     cfg = dataclasses.replace(cfg, **changes)
@@ -537,7 +471,7 @@ def resolve_config(cfg: TrainConfig, on_gpu: bool) -> tuple[TrainConfig, str, li
     return cfg, policy, reasons
 
 
-#: Flags a resumed run may change: they do not affect what is learned.
+#: Settings a resumed run may change: they do not affect what is learned.
 RESUME_FREE = (
     "output_dir",
     "num_preds",
@@ -560,11 +494,11 @@ def resume_config(cfg: TrainConfig, given: frozenset[str] | set[str]) -> tuple[T
         given: Names of the fields the user set explicitly.
 
     Returns:
-        `(config, saved)`: the saved configuration (with the free flags of
-        `RESUME_FREE` taken from `cfg`), and the raw saved `config.json`.
+        `(config, saved)`: the saved configuration (with the free settings
+        of `RESUME_FREE` taken from `cfg`), and the raw saved `config.json`.
 
     Raises:
-        UsageError: If there is no run to resume, or a given flag
+        UsageError: If there is no run to resume, or a given setting
             contradicts the saved configuration.
     """
     path = os.path.join(cfg.output_dir, "config.json")
@@ -572,9 +506,7 @@ def resume_config(cfg: TrainConfig, given: frozenset[str] | set[str]) -> tuple[T
         raise UsageError(f"--resume: no config.json in {cfg.output_dir}: there is no run to resume")
     with open(path) as f:
         saved = json.load(f)
-    fields = {k: saved[k] for k in TrainConfig.__dataclass_fields__ if k in saved}
-    if isinstance(fields.get("augment"), bool):  # written before --augment took a mode
-        fields["augment"] = "flip" if fields["augment"] else "none"
+    fields = saved_fields(saved)
     fields.setdefault("block", "plain")  # written before --block: plain conv blocks
     for key in sorted(given):
         mine = getattr(cfg, key)
@@ -589,7 +521,7 @@ def resume_config(cfg: TrainConfig, given: frozenset[str] | set[str]) -> tuple[T
         )
         if not same:
             raise UsageError(
-                f"--resume: --{key.replace('_', '-')} {mine} contradicts the run in {cfg.output_dir} "
+                f"--resume: {flag_text(key, mine)} contradicts the run in {cfg.output_dir} "
                 f"({theirs}); leave the flag out, or start a new run in another --output-dir"
             )
     return TrainConfig(**fields), saved

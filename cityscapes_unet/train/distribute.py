@@ -5,7 +5,7 @@ each global batch between them: `tf.distribute.MirroredStrategy` under
 TensorFlow, `keras.distribution.DataParallel` under JAX. `--distribute
 multiworker` does the same over several machines with TensorFlow's
 `MultiWorkerMirroredStrategy`, configured by the `TF_CONFIG` environment
-variable. `--cpu-replicas N` splits a CPU into N devices, so that both run
+variable. `--set cpu_replicas=N` splits a CPU into N devices, so that both run
 (slowly) on a machine without GPUs; that is how they are tested.
 
 Every worker runs the same program on the same seeded data; TensorFlow
@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import keras
+import numpy as np
 
 from cityscapes_unet.errors import DistributeError
 
@@ -50,14 +51,14 @@ def split_cpu(replicas: int) -> None:
             )
         except RuntimeError:
             raise DistributeError(
-                f"--cpu-replicas {replicas}: TensorFlow has started already; it must be set first"
+                f"--set cpu_replicas={replicas}: TensorFlow has started already; it must be set first"
             ) from None
     elif backend == "jax":
         # Read when JAX first lists its devices, which has not happened yet.
         flag = f"--xla_force_host_platform_device_count={replicas}"
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
     else:
-        raise DistributeError(f"--cpu-replicas {replicas}: not available with the {backend} backend")
+        raise DistributeError(f"--set cpu_replicas={replicas}: not available with the {backend} backend")
 
 
 def _chief_of(tf_config: dict) -> bool:
@@ -124,7 +125,11 @@ class Distribution:
     _scope: contextlib.AbstractContextManager | None = field(default=None, repr=False)
 
     def scope(self) -> contextlib.AbstractContextManager:
-        """Context in which the model, its optimizer and metrics are built."""
+        """Context in which the model, its optimizer and metrics are built.
+
+        Returns:
+            The strategy's scope, or a context that does nothing.
+        """
         if self.strategy is not None:
             return self.strategy.scope()
         return contextlib.nullcontext()
@@ -144,54 +149,85 @@ def setup(mode: str, cpu_replicas: int = 1) -> Distribution:
     Raises:
         DistributeError: If the mode cannot run with this backend or setup.
     """
+    backend = keras.backend.backend()
+    check_mode(mode, cpu_replicas, backend)
+    if mode == "none":
+        return Distribution()
+    if backend == "jax":
+        return _jax_data_parallel(mode, cpu_replicas)
+    if mode == "multiworker":
+        return _tf_multiworker()
+    return _tf_mirrored(mode, cpu_replicas)
+
+
+def check_mode(mode: str, cpu_replicas: int, backend: str) -> None:
+    """Refuse a `--distribute` mode that cannot run with this backend or CPU split.
+
+    Args:
+        mode: The requested mode.
+        cpu_replicas: The requested CPU split.
+        backend: The Keras backend.
+
+    Raises:
+        DistributeError: One line, why it cannot run.
+    """
     if mode not in DISTRIBUTE:
         raise DistributeError(f"--distribute {mode}: must be one of {', '.join(DISTRIBUTE)}")
     if cpu_replicas < 1:
-        raise DistributeError(f"--cpu-replicas {cpu_replicas}: must be at least 1")
-    backend = keras.backend.backend()
+        raise DistributeError(f"--set cpu_replicas={cpu_replicas}: must be at least 1")
+    lone_cpu_split = mode != "mirrored" and cpu_replicas > 1
     if mode == "none":
-        if cpu_replicas > 1:
-            raise DistributeError(f"--cpu-replicas {cpu_replicas}: only with --distribute mirrored")
-        return Distribution()
+        if lone_cpu_split:
+            raise DistributeError(f"--set cpu_replicas={cpu_replicas}: only with --distribute mirrored")
+        return
     if backend == "torch":
         raise DistributeError(
             f"--distribute {mode}: not available with the torch backend (use KERAS_BACKEND=tensorflow or jax)"
         )
-    if backend == "jax":
-        if mode == "multiworker":
-            raise DistributeError(
-                "--distribute multiworker: needs the TensorFlow backend (JAX: --distribute mirrored on one machine)"
-            )
-        split_cpu(cpu_replicas)
-        import jax
-
-        gpus = [d for d in jax.devices() if d.platform == "gpu"]
-        devices = keras.distribution.list_devices("gpu" if gpus else "cpu")
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-        kind = "GPU" if gpus else "CPU"
-        return Distribution(
-            mode, len(devices), True, f"keras.distribution.DataParallel over {len(devices)} {kind} device(s)"
+    if backend == "jax" and mode == "multiworker":
+        raise DistributeError(
+            "--distribute multiworker: needs the TensorFlow backend (JAX: --distribute mirrored on one machine)"
         )
+    if lone_cpu_split:
+        raise DistributeError(f"--set cpu_replicas={cpu_replicas}: only with --distribute mirrored")
 
+
+def _jax_data_parallel(mode: str, cpu_replicas: int) -> Distribution:
+    # keras.distribution.DataParallel over the GPUs, else the (split) CPU.
+    split_cpu(cpu_replicas)
+    import jax
+
+    gpus = [d for d in jax.devices() if d.platform == "gpu"]
+    devices = keras.distribution.list_devices("gpu" if gpus else "cpu")
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    kind = "GPU" if gpus else "CPU"
+    return Distribution(
+        mode, len(devices), True, f"keras.distribution.DataParallel over {len(devices)} {kind} device(s)"
+    )
+
+
+def _tf_multiworker() -> Distribution:
     import tensorflow as tf
 
-    if mode == "multiworker":
-        if cpu_replicas > 1:
-            raise DistributeError(f"--cpu-replicas {cpu_replicas}: only with --distribute mirrored")
-        config = read_tf_config()
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        patch_keras_multiworker_logs()
-        workers = len(config["cluster"]["worker"]) + len(config["cluster"].get("chief", []))
-        task = config["task"]
-        return Distribution(
-            mode,
-            strategy.num_replicas_in_sync,
-            _chief_of(config),
-            f"MultiWorkerMirroredStrategy: {workers} workers, {strategy.num_replicas_in_sync} replicas "
-            f"(this is {task['type']} {task.get('index', 0)})",
-            strategy,
-            sync_batchnorm=True,
-        )
+    config = read_tf_config()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    patch_keras_multiworker_logs()
+    workers = len(config["cluster"]["worker"]) + len(config["cluster"].get("chief", []))
+    task = config["task"]
+    return Distribution(
+        "multiworker",
+        strategy.num_replicas_in_sync,
+        _chief_of(config),
+        f"MultiWorkerMirroredStrategy: {workers} workers, {strategy.num_replicas_in_sync} replicas "
+        f"(this is {task['type']} {task.get('index', 0)})",
+        strategy,
+        sync_batchnorm=True,
+    )
+
+
+def _tf_mirrored(mode: str, cpu_replicas: int) -> Distribution:
+    import tensorflow as tf
+
     split_cpu(cpu_replicas)
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
@@ -235,6 +271,12 @@ def portable_batchnorm(model: keras.Model):
     Keras refuses `synchronized=True` outside TensorFlow, so a model saved
     with it would not load under JAX or PyTorch. The flag only matters while
     training under a strategy; the traced training step keeps it.
+
+    Args:
+        model: The model about to be saved.
+
+    Yields:
+        The model, its batch norms unsynchronised until the context ends.
     """
     synced = [layer for layer in _batchnorms(model) if layer.synchronized]
     for layer in synced:
@@ -260,8 +302,6 @@ def predict_padded(model: keras.Model, x, multiple: int = 1):
     Returns:
         The predictions for the `B` inputs, as a NumPy array.
     """
-    import numpy as np
-
     x = np.asarray(x)
     n = len(x)
     extra = -n % multiple
@@ -289,8 +329,6 @@ def prebuild(model: keras.Model, dist: Distribution, image_size: int, num_classe
         image_size: Side of the square input.
         num_classes: Number of classes.
     """
-    import numpy as np
-
     if dist.strategy is None:
         return
     batch = (

@@ -1,8 +1,8 @@
-"""Segmentation losses beyond Keras' built-ins: cross-entropy plus Dice or Lovasz.
+"""Training losses: class weights, and cross-entropy plus Dice or Lovasz.
 
-Cross-entropy alone stays a Keras built-in (see `training.make_loss`), so a
-model trained with it loads anywhere. The Dice and Lovasz terms need classes
-of their own; they are registered, and `keras.models.load_model(path,
+Cross-entropy alone stays a Keras built-in (see `make_loss`), so a model
+trained with it loads anywhere. The Dice and Lovasz terms need classes of
+their own; they are registered, and `keras.models.load_model(path,
 compile=False)` loads a model trained with them without this module.
 """
 
@@ -12,7 +12,31 @@ import keras
 import numpy as np
 from keras import ops
 
-from cityscapes_unet.train import losses
+
+def class_weights(frequencies: np.ndarray, power: float = 0.5, max_weight: float = 10.0) -> np.ndarray:
+    """Per-class loss weights that lift rare classes: `f ** -power`.
+
+    Inverse square root (power 0.5) is milder than inverse frequency: a
+    class 100 times rarer than another gets 10 times its weight, not 100.
+    Weights are scaled so that their pixel-weighted mean is 1 (the loss
+    keeps its scale), then clipped to `[1 / max_weight, max_weight]`.
+    Classes absent from the data get `max_weight`.
+
+    Args:
+        frequencies: Share of pixels per class, shape `(num_classes,)`.
+        power: Exponent; 0 gives all ones, 1 inverse frequency.
+        max_weight: Clip bound.
+
+    Returns:
+        float32 array `(num_classes,)`.
+    """
+    f = np.asarray(frequencies, np.float64)
+    w = np.full_like(f, max_weight)
+    present = f > 0
+    w[present] = f[present] ** -power
+    if present.any():
+        w[present] /= (f[present] * w[present]).sum() / f[present].sum()
+    return np.clip(w, 1.0 / max_weight, max_weight).astype(np.float32)
 
 
 @keras.saving.register_keras_serializable(package="cityscapes_unet")
@@ -96,8 +120,8 @@ def lovasz_softmax(y_true, y_pred, stride: int = 1, bins: int | None = None):
         bins: None sorts the errors exactly (`argsort`, one sort per class
             over the batch's pixels: the cost of the exact term). An integer
             orders them by histogram instead (`_lovasz_binned`): the same
-            value, and a gradient within about 1% of the exact one, at a
-            fraction of the cost.
+            value and nearly the same gradient (a test bounds the gap), at
+            a fraction of the cost.
 
     Returns:
         Scalar tensor.
@@ -130,19 +154,13 @@ def lovasz_softmax(y_true, y_pred, stride: int = 1, bins: int | None = None):
 def _lovasz_binned(y_true, y_pred, labelled, bins: int):
     """`lovasz_softmax` with the sort replaced by a histogram of the errors.
 
-    Sorting is slow on CPU, under XLA most of all (a stride-1 exact term
-    took longer than the rest of a training step). Errors lie in [0, 1], so
+    Sorting is slow on CPU, under XLA most of all. Errors lie in [0, 1], so
     `bins` equal bins, largest errors first, order them to within
     `1 / bins`: per class and bin, segment sums count the labelled and the
-    foreground pixels, cumulative sums over the bins give the Jaccard loss
-    at each bin's end, and each bin's step is shared among its pixels. Not
-    evenly: in the exact order, a foreground pixel raises the Jaccard loss
-    by `1 / U` and a background one by `I / (U * (U + 1))` (intersection
-    `I`, union `U` before it), so within a bin each kind gets its share in
-    that ratio, taken halfway through the bin. The value is exact up to the
-    error spread within a bin. The gradient (4096 bins, 8 x 96 x 96 random
-    pixels) differs from the exact one by 0.1% (L1) for spread-out
-    predictions and 0.4-5% for confident ones; it departs most when many
+    foreground pixels (`_error_bins`), cumulative sums over the bins give
+    the Jaccard loss at each bin's end, and each bin's step is shared among
+    its pixels (`_bin_shares`). The value is exact up to the error spread
+    within a bin; the gradient departs most from the exact one when many
     pixels share a bin, where the exact order among near-equal errors is
     itself arbitrary.
 
@@ -159,22 +177,64 @@ def _lovasz_binned(y_true, y_pred, labelled, bins: int):
     fg = ops.reshape(y_true, (-1, num_classes))  # (P, C)
     lab = ops.reshape(labelled, (-1, 1))  # (P, 1)
     errors = ops.abs(fg - ops.reshape(y_pred, (-1, num_classes))) * lab  # 0 on void
-    # Bin 0 holds the largest errors: the order the Lovasz extension sorts in.
+    seg, count, n_fg = _error_bins(fg, lab, errors, bins)
+    fg_share, bg_share = _bin_shares(count, n_fg)
+    fg_flat = ops.reshape(fg, (-1,))
+    weight = fg_flat * ops.take(ops.reshape(fg_share, (-1,)), seg) + (1.0 - fg_flat) * ops.take(
+        ops.reshape(bg_share, (-1,)), seg
+    )
+    per_class = ops.sum(errors * ops.stop_gradient(ops.reshape(weight, (-1, num_classes))), axis=0)  # (C,)
+    present = ops.cast(ops.sum(n_fg, axis=-1) > 0, y_pred.dtype)
+    return ops.sum(per_class * present) / ops.maximum(ops.sum(present), 1.0)
+
+
+def _error_bins(fg, lab, errors, bins: int):
+    """Bin of every pixel and class, and the pixels each bin holds.
+
+    Args:
+        fg: One-hot `(P, C)`, float.
+        lab: `(P, 1)`, 1 on labelled pixels.
+        errors: `(P, C)` in [0, 1], 0 on void.
+        bins: Number of bins per class.
+
+    Returns:
+        `(seg, count, n_fg)`: int32 `(P * C,)` segment of each pixel and
+        class (bin 0 of a class holds its largest errors, the order the
+        Lovasz extension sorts in); labelled pixels `(C, bins)` and
+        foreground pixels `(C, bins)` per bin.
+    """
+    num_classes = fg.shape[-1]
     b = ops.cast(ops.floor((1.0 - ops.stop_gradient(errors)) * bins), "int32")
     # Clipped after the cast: a NaN error (a diverged run) becomes some int
     # that must still index a bin, so the loss turns NaN (which training
     # reports) instead of the gather failing on a wild index.
     b = ops.clip(b, 0, bins - 1)
     seg = ops.reshape(b + ops.arange(num_classes, dtype="int32")[None, :] * bins, (-1,))  # (P*C,)
-    size = num_classes * bins
 
     def per_bin(values):  # (P, C) -> (C, bins)
-        return ops.reshape(
-            ops.segment_sum(ops.reshape(values, (-1,)), seg, num_segments=size), (num_classes, bins)
-        )
+        total = ops.segment_sum(ops.reshape(values, (-1,)), seg, num_segments=num_classes * bins)
+        return ops.reshape(total, (num_classes, bins))
 
     count = per_bin(ops.broadcast_to(lab, ops.shape(fg)))  # void pixels count nowhere
-    n_fg = per_bin(fg)
+    return seg, count, per_bin(fg)
+
+
+def _bin_shares(count, n_fg):
+    """Each bin's Jaccard step, shared among its foreground and background pixels.
+
+    Not evenly: in the exact order, a foreground pixel raises the Jaccard
+    loss by `1 / U` and a background one by `I / (U * (U + 1))`
+    (intersection `I`, union `U` before it), so within a bin each kind gets
+    its share in that ratio, taken halfway through the bin.
+
+    Args:
+        count: Labelled pixels per class and bin, `(C, bins)`.
+        n_fg: Foreground pixels per class and bin, `(C, bins)`.
+
+    Returns:
+        `(fg_share, bg_share)`: the weight `(C, bins)` of one foreground and
+        of one background pixel of each bin.
+    """
     gts = ops.sum(n_fg, axis=-1, keepdims=True)  # (C, 1)
     # Intersection and union left once each bin's pixels are taken.
     inter = gts - ops.cumsum(n_fg, axis=-1)
@@ -186,13 +246,7 @@ def _lovasz_binned(y_true, y_pred, labelled, bins: int):
     a_fg = 1.0 / ops.maximum(union_mid, 1.0)
     a_bg = inter_mid / ops.maximum(union_mid * (union_mid + 1.0), 1.0)
     scale = steps / ops.maximum(n_fg * a_fg + (count - n_fg) * a_bg, 1e-12)
-    fg_flat = ops.reshape(fg, (-1,))
-    weight = fg_flat * ops.take(ops.reshape(scale * a_fg, (-1,)), seg) + (1.0 - fg_flat) * ops.take(
-        ops.reshape(scale * a_bg, (-1,)), seg
-    )
-    per_class = ops.sum(errors * ops.stop_gradient(ops.reshape(weight, (-1, num_classes))), axis=0)  # (C,)
-    present = ops.cast(gts[:, 0] > 0, y_pred.dtype)
-    return ops.sum(per_class * present) / ops.maximum(ops.sum(present), 1.0)
+    return scale * a_fg, scale * a_bg
 
 
 @keras.saving.register_keras_serializable(package="cityscapes_unet")
@@ -210,8 +264,8 @@ class CrossEntropyLovasz(keras.losses.Loss):
         stride: Pixel stride of the Lovasz term (see `lovasz_softmax`).
         bins: Histogram bins that order the errors, or None for an exact
             sort (see `lovasz_softmax`). The histogram makes the term over
-            every pixel cheap: a 10-epoch CPU run with it fits where an
-            exact sort over every second pixel did not.
+            every pixel cheap, where a sort costs more than the rest of a
+            training step on CPU.
         name: Loss name.
         reduction: Keras reduction; keep `mean_with_sample_weight`.
     """
@@ -257,9 +311,9 @@ def make_loss(class_weights: np.ndarray | None = None, kind: str = "ce") -> kera
     is exactly class-weighted cross-entropy (`alpha` per class), and stays a
     built-in that loads without this project.
 
-    `kind="ce_dice"` adds a soft Dice term (`losses.CrossEntropyDice`);
+    `kind="ce_dice"` adds a soft Dice term (`CrossEntropyDice`);
     `kind="ce_lovasz"` adds the Lovasz-softmax term, a surrogate of the
-    mean IoU itself (`losses.CrossEntropyLovasz`);
+    mean IoU itself (`CrossEntropyLovasz`);
     `kind="focal"` is Keras' `CategoricalFocalCrossentropy` with `gamma=2`
     (the class weights as `alpha`), which down-weights pixels already
     classified with confidence.
@@ -271,23 +325,23 @@ def make_loss(class_weights: np.ndarray | None = None, kind: str = "ce") -> kera
     Returns:
         A Keras loss.
     """
+    # Rounded: the weights are written into the model's config.
+    weights = None if class_weights is None else [round(float(w), 4) for w in class_weights]
     if kind == "ce_dice":
-        return losses.CrossEntropyDice(
-            None if class_weights is None else [round(float(w), 4) for w in class_weights]
-        )
+        return CrossEntropyDice(weights)
     if kind == "ce_lovasz":
-        return losses.CrossEntropyLovasz(
-            None if class_weights is None else [round(float(w), 4) for w in class_weights]
-        )
-    alpha = 1.0 if class_weights is None else [round(float(w), 4) for w in class_weights]
+        return CrossEntropyLovasz(weights)
     if kind == "focal":
         return keras.losses.CategoricalFocalCrossentropy(
-            alpha=alpha, gamma=2.0, reduction="mean_with_sample_weight", name="focal_crossentropy"
+            alpha=1.0 if weights is None else weights,
+            gamma=2.0,
+            reduction="mean_with_sample_weight",
+            name="focal_crossentropy",
         )
-    if class_weights is None:
+    if weights is None:
         return keras.losses.CategoricalCrossentropy(reduction="mean_with_sample_weight")
     return keras.losses.CategoricalFocalCrossentropy(
-        alpha=[round(float(w), 4) for w in class_weights],
+        alpha=weights,
         gamma=0.0,
         reduction="mean_with_sample_weight",
         name="weighted_categorical_crossentropy",

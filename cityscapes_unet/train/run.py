@@ -1,9 +1,8 @@
-"""Training: configuration, precision, callbacks and the end-to-end run."""
+"""The end-to-end training run: the model, its data, and the steps of `run_in_folder`."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 import math
 import os
@@ -12,6 +11,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -32,20 +32,17 @@ from cityscapes_unet.train.callbacks import (
     StopOnNonFinite,
 )
 from cityscapes_unet.train.config import (
-    AUTOSIZE_BUDGET_S,
-    AUTOSIZE_LADDER,
     DEPTH,
     TrainConfig,
-    choose_autosize,
     cpu_has_bf16_matmul,
     gpu_available,
-    measure_step_rate,
     resolve_config,
     resolve_xla,
     resume_config,
+    stride,
     validate_config,
 )
-from cityscapes_unet.train.losses import make_loss
+from cityscapes_unet.train.losses import class_weights, make_loss
 from cityscapes_unet.train.outputs import (
     LOCK_FILE,
     MODEL_FILE,
@@ -148,7 +145,7 @@ def build_and_compile(
 
 
 def schedule_callbacks(cfg: TrainConfig):
-    """The callbacks of `--schedule plateau` and `--early-stop`, both on validation mean IoU.
+    """The callbacks of `--schedule plateau` and `early_stop`, both on validation mean IoU.
 
     Args:
         cfg: Configuration.
@@ -289,7 +286,7 @@ def run_training(
     existed = os.path.isdir(cfg.output_dir)
     lock = None if scratch else lock_run_folder(cfg.output_dir)
     try:
-        return _run_in_folder(cfg, resume, overwrite, saved, dist, scratch, t_start)
+        return run_in_folder(Run(cfg, resume, overwrite, saved, dist, scratch, t_start))
     finally:
         if lock is not None:
             lock.release()
@@ -317,136 +314,185 @@ def lock_run_folder(output_dir: str) -> RunLock:
     return lock
 
 
-def _run_in_folder(cfg, resume, overwrite, saved, dist, scratch, t_start) -> dict:
-    # The rest of `run_training`, with the run folder locked.
-    on_gpu = gpu_available()
-    # Only sizes left to the machine are sized by measurement.
-    autosize = (
-        not on_gpu
-        and cfg.image_size is None
-        and cfg.base_filters is None
-        and cfg.encoder == "unet"
-        and dist.mode == "none"
-        and (cfg.autosize == "on" or (cfg.autosize == "auto" and cpu_has_bf16_matmul()))
-    )
-    cfg, policy, reasons = resolve_config(cfg, on_gpu)
-    if cfg.batch_size % dist.replicas:
+@dataclass
+class Run:
+    """One training run in its locked folder, filled in step by step (see `run_in_folder`)."""
+
+    cfg: TrainConfig
+    resume: bool
+    overwrite: bool
+    saved: dict | None
+    dist: distribute.Distribution
+    scratch: str | None
+    t_start: float
+    on_gpu: bool = False
+    policy: str = "float32"
+    reasons: list[str] = field(default_factory=list)
+    #: `ResumeState.load`'s `(epochs done, model path)` of an unfinished run.
+    state: tuple | None = None
+    pad_to: int = 1
+    data: data_source.RunData | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    jit: bool | str = "auto"
+    weights: np.ndarray | None = None
+    train_ds: object = None
+    val_ds: object = None
+    model: keras.Model | None = None
+    saved_size: int | None = None
+    arch: str = ""
+    checkpoint: BestModelCheckpoint | None = None
+    history: HistoryCSV | None = None
+    non_finite: StopOnNonFinite | None = None
+    early: keras.callbacks.EarlyStopping | None = None
+    log_dir: str | None = None
+    curves: list[str] = field(default_factory=list)
+    panels: list[str] = field(default_factory=list)
+
+    def out(self, name: str) -> str:
+        """Path of `name` in the run folder."""
+        return os.path.join(self.cfg.output_dir, name)
+
+    @property
+    def initial_epoch(self) -> int:
+        """Epochs done before this process: those of the resumed run, else 0."""
+        return self.state[0] if self.resume else 0
+
+
+def run_in_folder(run: Run) -> dict:
+    """The rest of `run_training`, with the run folder locked: returns its summary."""
+    choose_defaults(run)
+    check_folder_state(run)
+    open_run_data(run)
+    print_configuration(run)
+    prepare_folder(run)
+    prepare_training(run)
+    build_or_restore_model(run)
+    write_run_files(run)
+    callbacks = make_callbacks(run)
+    fit(run, callbacks)
+    draw_predictions(run)
+    return report(run)
+
+
+def choose_defaults(run: Run) -> None:
+    """Fill what the configuration leaves to the machine, and check it fits the devices."""
+    run.on_gpu = gpu_available()
+    run.cfg, run.policy, run.reasons = resolve_config(run.cfg, run.on_gpu)
+    cfg = run.cfg
+    if cfg.batch_size % run.dist.replicas:
         raise UsageError(
-            f"--batch-size {cfg.batch_size}: must be a multiple of the {dist.replicas} replicas, "
+            f"--batch-size {cfg.batch_size}: must be a multiple of the {run.dist.replicas} replicas, "
             "so that every replica gets an equal share"
         )
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("--tensorboard: the tensorboard package is not installed (pip install tensorboard)")
-    out = lambda name: os.path.join(cfg.output_dir, name)  # noqa: E731
-    model_path = out(MODEL_FILE)
-    state = ResumeState.load(out("resume")) if os.path.isdir(out("resume")) else None
-    if resume:
-        if state is None:
-            raise UsageError(f"--resume: no complete epoch saved in {out('resume')}: start a new run instead")
-        if state[0] >= cfg.epochs:
+
+
+def check_folder_state(run: Run) -> None:
+    """Load the folder's resume state; refuse a resume that cannot go on, or a new run over an unfinished one."""
+    cfg, saved = run.cfg, run.saved
+    run.state = ResumeState.load(run.out("resume")) if os.path.isdir(run.out("resume")) else None
+    if run.resume:
+        if run.state is None:
+            raise UsageError(
+                f"--resume: no complete epoch saved in {run.out('resume')}: start a new run instead"
+            )
+        if run.state[0] >= cfg.epochs:
             raise UsageError(
                 f"--resume: the run in {cfg.output_dir} already finished its {cfg.epochs} epochs"
             )
-        if policy != saved.get("precision_policy", policy):
+        if run.policy != saved.get("precision_policy", run.policy):
             raise UsageError(
-                f"--resume: this machine resolves --precision {cfg.precision} to {policy}, the run used "
+                f"--resume: this machine resolves --precision {cfg.precision} to {run.policy}, the run used "
                 f"{saved['precision_policy']}; pass --precision {saved['precision_policy']}"
             )
-    elif state is not None and not overwrite:
+    elif run.state is not None and not run.overwrite:
         raise UsageError(
-            f"--output-dir {cfg.output_dir}: holds an unfinished run ({state[0]} epochs done): continue it "
-            "with --resume, start anew over it with --overwrite, or choose another --output-dir"
+            f"--output-dir {cfg.output_dir}: holds an unfinished run ({run.state[0]} epochs done): continue "
+            "it with --resume, start anew over it with --overwrite, or choose another --output-dir"
         )
+
+
+def open_run_data(run: Run) -> None:
+    """Open the data (a resumed run's must not have changed), create the folder, choose XLA."""
+    cfg, saved = run.cfg, run.saved
     # JAX shards every batch into equal parts: pad the last one.
-    pad_to = dist.replicas if keras.backend.backend() == "jax" else 1
-    data, skipped = open_data(cfg, pad_to)
-    if resume and (data.n_train, data.n_val) != (saved.get("train_files"), saved.get("val_files")):
+    run.pad_to = run.dist.replicas if keras.backend.backend() == "jax" else 1
+    run.data, run.skipped = open_data(cfg, run.pad_to)
+    data = run.data
+    if run.resume and (data.n_train, data.n_val) != (saved.get("train_files"), saved.get("val_files")):
         raise UsageError(
             f"--resume: the data changed: {data.n_train} training and {data.n_val} validation samples "
             f"now, {saved.get('train_files')} and {saved.get('val_files')} in the run"
         )
-
     os.makedirs(cfg.output_dir, exist_ok=True)
-    cpu_replicas = dist.replicas if dist.mode == "mirrored" and not on_gpu else 1
-    jit = resolve_xla(cfg.xla, on_gpu, policy, cpu_has_bf16_matmul(), cpu_replicas)
-    autosize_lines = []
-    if autosize:
-        keras.mixed_precision.set_global_policy(policy)
-        (size, filters), autosize_lines = choose_autosize(
-            data.n_train,
-            data.n_val,
-            cfg.epochs,
-            cfg.batch_size,
-            jit,
-            functools.partial(measure_step_rate, loss=cfg.loss),
-            AUTOSIZE_LADDER,
-        )
-        keras.backend.clear_session()
-        why = f"--autosize {cfg.autosize}: the largest size whose run fits {AUTOSIZE_BUDGET_S // 60} min here"
-        reasons = [r for r in reasons if not r.startswith(("image_size =", "base_filters ="))]
-        reasons[:0] = [f"image_size = {size} ({why})", f"base_filters = {filters} ({why})"]
-        if (size, filters) != (cfg.image_size, cfg.base_filters):
-            cfg = dataclasses.replace(cfg, image_size=size, base_filters=filters)
-            data, skipped = open_data(cfg, pad_to)
+    cpu_replicas = run.dist.replicas if run.dist.mode == "mirrored" and not run.on_gpu else 1
+    run.jit = resolve_xla(cfg.xla, run.on_gpu, run.policy, cpu_has_bf16_matmul(), cpu_replicas)
 
-    print(f"Keras {keras.__version__}, backend {keras.backend.backend()}, {'GPU' if on_gpu else 'CPU'}")
+
+#: What each `tta` mode builds into the saved model, for the log.
+TTA_NOTES = {
+    "flip": " (the saved model averages in the scores of the mirrored photo)",
+    "scales": " (the saved model averages the scores of the photo and its mirror, at two sizes)",
+}
+
+
+def print_configuration(run: Run) -> None:
+    """Say where the run runs, what it was configured with and why, and its data."""
+    cfg, dist, data = run.cfg, run.dist, run.data
+    print(f"Keras {keras.__version__}, backend {keras.backend.backend()}, {'GPU' if run.on_gpu else 'CPU'}")
     if dist.mode != "none":
         print(f"Distributed: {dist.description}; global batch {cfg.batch_size}")
-    if scratch:
-        print(f"Not the chief: this worker's outputs go to {scratch} (removed at the end)")
-    if autosize_lines:
-        print("Measured training speed by size (--autosize):")
-        for line in autosize_lines:
-            print(f"  {line}")
+    if run.scratch:
+        print(f"Not the chief: this worker's outputs go to {run.scratch} (removed at the end)")
     print("Configuration:")
-    for line in reasons:
+    for line in run.reasons:
         print(f"  {line}")
     print(f"  epochs = {cfg.epochs}, learning_rate = {cfg.learning_rate} ({cfg.schedule}), seed = {cfg.seed}")
-    print(
-        f"  loss = {cfg.loss}, class_weights = {cfg.class_weights}, augment = {cfg.augment}"
-        + (
-            " (cross-entropy plus the Lovasz-softmax surrogate of mean IoU)"
-            if cfg.loss == "ce_lovasz"
-            else ""
-        )
+    lovasz = (
+        " (cross-entropy plus the Lovasz-softmax surrogate of mean IoU)" if cfg.loss == "ce_lovasz" else ""
     )
-    tta_note = {
-        "flip": " (the saved model averages in the scores of the mirrored photo)",
-        "scales": " (the saved model averages the scores of the photo and its mirror, at two sizes)",
-    }
-    print(f"  tta = {cfg.tta}{tta_note.get(cfg.tta, '')}, logit_adjust = {cfg.logit_adjust}")
+    print(f"  loss = {cfg.loss}, class_weights = {cfg.class_weights}, augment = {cfg.augment}{lovasz}")
+    print(f"  tta = {cfg.tta}{TTA_NOTES.get(cfg.tta, '')}, logit_adjust = {cfg.logit_adjust}")
     print(
         f"Data: {data.n_train} training samples, {data.n_val} validation samples ({data.val_source}); "
         f"{'tf.data' if data.pipeline == 'tf' else 'NumPy'} pipeline"
     )
-    if not resume:
-        make_room(cfg.output_dir, overwrite)
+
+
+def prepare_folder(run: Run) -> None:
+    """Move an earlier run aside (or remove it), and list the unusable pair files."""
+    cfg, skipped = run.cfg, run.skipped
+    if not run.resume:
+        make_room(cfg.output_dir, run.overwrite)
     if skipped:
-        write_skipped(out("skipped.txt"), skipped)
+        write_skipped(run.out("skipped.txt"), skipped)
         names = ", ".join(f"{display_name(os.path.basename(p))} ({why})" for p, why in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        print(f"Skipped {len(skipped)} unusable files: {names}{more} (list: {out('skipped.txt')})")
+        print(f"Skipped {len(skipped)} unusable files: {names}{more} (list: {run.out('skipped.txt')})")
+    if run.resume:
+        print(f"Resuming {cfg.output_dir} after epoch {run.state[0]} of {cfg.epochs}")
 
-    if resume:
-        print(f"Resuming {cfg.output_dir} after epoch {state[0]} of {cfg.epochs}")
 
+def prepare_training(run: Run) -> None:
+    """Seed, set the dtype policy, weigh the classes, and shard the data for several workers."""
+    cfg, data = run.cfg, run.data
     # ignore_errors() hides the dataset's length, so Keras finds the end of
     # the first epoch by running out of data; that is expected here.
     warnings.filterwarnings("ignore", message="Your input ran out of data")
     keras.utils.set_random_seed(cfg.seed)
-    keras.mixed_precision.set_global_policy(policy)
-    weights = None
-    if resume:
-        if saved.get("class_weight_values"):
-            weights = np.array(saved["class_weight_values"], np.float32)
+    keras.mixed_precision.set_global_policy(run.policy)
+    if run.resume:
+        if run.saved.get("class_weight_values"):
+            run.weights = np.array(run.saved["class_weight_values"], np.float32)
     elif cfg.class_weights == "auto":
         t0 = time.perf_counter()
         freq = data.class_frequencies()  # also fills the decode cache
-        weights = uf.class_weights(freq)
+        run.weights = class_weights(freq)
         print(f"Decoded {data.n_train} training samples in {time.perf_counter() - t0:.0f} s; class weights:")
-        print("  " + ", ".join(f"{c.name} {w:.2f}" for c, w in zip(uf.CLASSES, weights, strict=True)))
-    train_ds, val_ds = data.train, data.val
-    if dist.mode == "multiworker":
+        print("  " + ", ".join(f"{c.name} {w:.2f}" for c, w in zip(uf.CLASSES, run.weights, strict=True)))
+    run.train_ds, run.val_ds = data.train, data.val
+    if run.dist.mode == "multiworker":
         if data.pipeline != "tf":
             raise UsageError("--distribute multiworker: needs the tf.data pipeline (--pipeline tf)")
         import tensorflow as tf
@@ -455,114 +501,138 @@ def _run_in_folder(cfg, resume, overwrite, saved, dist, scratch, t_start) -> dic
         # each batch (the files are not split: they are read by tf.io).
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
+        run.train_ds, run.val_ds = run.train_ds.with_options(options), run.val_ds.with_options(options)
+
+
+def build_or_restore_model(run: Run) -> None:
+    """Build and compile the network, or load the resumed run's with its optimizer state."""
+    cfg, dist = run.cfg, run.dist
     with dist.scope():
-        if resume:
+        if run.resume:
             # The model with its optimizer state: Adam's moments and step count,
             # so the learning-rate schedule goes on where it stopped.
-            model = keras.models.load_model(state[1])
-            model.jit_compile = jit if isinstance(jit, bool) else model.jit_compile
+            run.model = keras.models.load_model(run.state[1])
+            run.model.jit_compile = run.jit if isinstance(run.jit, bool) else run.model.jit_compile
         else:
-            steps = math.ceil(data.n_train / cfg.batch_size)
-            model = build_and_compile(cfg, steps, weights, jit_compile=jit)
+            steps = math.ceil(run.data.n_train / cfg.batch_size)
+            run.model = build_and_compile(cfg, steps, run.weights, jit_compile=run.jit)
     if dist.sync_batchnorm:
-        distribute.set_sync_batchnorm(model, True)
-    distribute.prebuild(model, dist, cfg.image_size, uf.NUM_CLASSES)
-    reasons_xla = {True: "on", False: "off"}.get(jit, "Keras' choice")
-    print(f"XLA: {reasons_xla} (--xla {cfg.xla})")
+        distribute.set_sync_batchnorm(run.model, True)
+    distribute.prebuild(run.model, dist, cfg.image_size, uf.NUM_CLASSES)
+    xla = {True: "on", False: "off"}.get(run.jit, "Keras' choice")
+    print(f"XLA: {xla} (--xla {cfg.xla})")
 
+
+def write_run_files(run: Run) -> None:
+    """Choose the saved model's input size; write config.json, classes.json and the architecture."""
+    cfg, data = run.cfg, run.data
     # The saved model takes the data's photos as they are and returns scores
     # at their size (`at_source_size`): nobody scoring or using it has to
     # resize photos the way training did, or line its output up with the labels.
     source = data.source_size
-    if source and source != cfg.image_size:
-        saved_size = source
+    run.saved_size = source if source and source != cfg.image_size else cfg.image_size
+    if run.saved_size != cfg.image_size:
         print(
             f"Saved model: takes {source}x{source} photos (area-resized inside to {cfg.image_size}x{cfg.image_size}) "
             f"and returns scores at {source}x{source}"
         )
-    else:
-        saved_size = cfg.image_size
-    if not resume:
+    if not run.resume:
+        weights = run.weights
         io.write_json(
-            out("config.json"),
+            run.out("config.json"),
             {
                 **dataclasses.asdict(cfg),
-                "precision_policy": policy,
+                "precision_policy": run.policy,
                 "train_files": data.n_train,
                 "val_files": data.n_val,
                 "val_source": data.val_source,
                 "pipeline_used": data.pipeline,
                 "keras_backend": keras.backend.backend(),
-                "jit_compile": jit,
+                "jit_compile": run.jit,
                 "class_weight_values": None if weights is None else [round(float(w), 4) for w in weights],
-                "autosize_measured": autosize_lines,
-                "saved_model_size": saved_size,
+                "saved_model_size": run.saved_size,
             },
         )
-    io.write_json(out("classes.json"), uf.classes_table())
-    arch = get_model_arch(model, cfg.output_dir)
-    print(f"Model: {model.count_params():,} parameters; architecture in {arch}")
+    io.write_json(run.out("classes.json"), uf.classes_table())
+    run.arch = get_model_arch(run.model, cfg.output_dir)
+    print(f"Model: {run.model.count_params():,} parameters; architecture in {run.arch}")
 
-    initial_epoch = state[0] if resume else 0
-    # Always a fresh, uncompiled model over the trained layers: at the data's
-    # size the wrapper, else a plain view, so no custom loss is saved. It
-    # computes in float32 whatever the training precision (`float32_copy`):
-    # the file runs at full speed on any CPU and agrees with its exports.
-    # With `--tta flip` it also averages in the mirrored photo's scores, with
-    # `--tta scales` those of both at a second, larger size as well. With
-    # class weights, `--logit-adjust` divides weights**alpha back out of the
-    # saved model's odds (`with_logit_bias`).
+
+def saved_model_maker(run: Run):
+    """The function that turns the trained model into the file a user gets.
+
+    Always a fresh, uncompiled model over the trained layers: at the data's
+    size the wrapper, else a plain view, so no custom loss is saved. It
+    computes in float32 whatever the training precision (`float32_copy`):
+    the file runs at full speed on any CPU and agrees with its exports.
+    With `tta` flip it also averages in the mirrored photo's scores, with
+    `scales` those of both at a second, larger size as well. With class
+    weights, `logit_adjust` divides weights**alpha back out of the saved
+    model's odds (`with_logit_bias`).
+    """
+    cfg = run.cfg
     flip = cfg.tta in ("flip", "scales")
-    sizes = tta_sizes(
-        cfg.image_size, 2 if cfg.tta == "scales" else 1, 2**DEPTH if cfg.encoder == "unet" else 32
-    )
+    sizes = tta_sizes(cfg.image_size, 2 if cfg.tta == "scales" else 1, stride(cfg.encoder)[0])
     bias = None
-    if weights is not None and cfg.logit_adjust:
-        bias = -cfg.logit_adjust * np.log(np.asarray(weights, np.float64))
+    if run.weights is not None and cfg.logit_adjust:
+        bias = -cfg.logit_adjust * np.log(np.asarray(run.weights, np.float64))
         print(
-            f"Saved model: class scores divided by class_weight**{cfg.logit_adjust} (--logit-adjust): "
+            f"Saved model: class scores divided by class_weight**{cfg.logit_adjust} (logit_adjust): "
             "the weights' pull toward rare classes, partly undone"
         )
     if len(sizes) > 1:
         print(
             f"Saved model: runs the network at {' and '.join(f'{s}x{s}' for s in sizes)}, each with the mirror"
         )
+    return lambda m: inference_model(m, run.saved_size, flip=flip, sizes=sizes, logit_bias=bias)
 
-    def to_save(m):
-        return inference_model(m, saved_size, flip=flip, sizes=sizes, logit_bias=bias)
 
-    checkpoint = BestModelCheckpoint(model_path, to_save=to_save)
-    history = HistoryCSV(out("history.csv"))
-    non_finite = StopOnNonFinite()
-    if resume:
-        checkpoint.restore()
-        history.restore(initial_epoch)
-        if history.rows:
+def make_callbacks(run: Run) -> list[keras.callbacks.Callback]:
+    """The run's callbacks, in order; restored to the resumed epoch when resuming."""
+    cfg = run.cfg
+    run.checkpoint = BestModelCheckpoint(run.out(MODEL_FILE), to_save=saved_model_maker(run))
+    run.history = HistoryCSV(run.out("history.csv"))
+    run.non_finite = StopOnNonFinite()
+    if run.resume:
+        run.checkpoint.restore()
+        run.history.restore(run.initial_epoch)
+        if run.history.rows:
             # A kill between the resume state and the best-model save of the
             # last epoch: that epoch's model is the resumed one.
-            checkpoint.catch_up(model, history.rows[-1])
-    callbacks = [non_finite, history]
-    plateau, early = schedule_callbacks(cfg)
-    callbacks += [c for c in (plateau, early) if c is not None]
-    log_dir = out("logs") if cfg.tensorboard else None
-    if log_dir:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False))
+            run.checkpoint.catch_up(run.model, run.history.rows[-1])
+    callbacks = [run.non_finite, run.history]
+    plateau, run.early = schedule_callbacks(cfg)
+    callbacks += [c for c in (plateau, run.early) if c is not None]
+    run.log_dir = run.out("logs") if cfg.tensorboard else None
+    if run.log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=run.log_dir, write_graph=False))
     if cfg.progress_every:
-        _, photos, truths = data.samples(cfg.num_progress, True)
-        progress = ProgressPictures(photos, truths, cfg.output_dir, cfg.progress_every, log_dir, pad_to)
-        if resume:
-            progress.restore(initial_epoch)
+        _, photos, truths = run.data.samples(cfg.num_progress, True)
+        progress = ProgressPictures(
+            photos, truths, cfg.output_dir, cfg.progress_every, run.log_dir, run.pad_to
+        )
+        if run.resume:
+            progress.restore(run.initial_epoch)
         callbacks.append(progress)
     # The state names an epoch once its history row is on disk; the best
     # model comes after it, so it never names an epoch the history lacks.
-    callbacks += [ResumeState(out("resume")), checkpoint]
+    return callbacks + [ResumeState(run.out("resume")), run.checkpoint]
+
+
+def fit(run: Run, callbacks: list[keras.callbacks.Callback]) -> None:
+    """Train; draw the curves; stop with `TrainingError` on non-finite weights.
+
+    Raises:
+        Interrupted: On Ctrl-C, saying what is on disk.
+        TrainingError: When the loss or weights stopped being finite.
+    """
+    cfg, checkpoint = run.cfg, run.checkpoint
     try:
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
+        run.model.fit(
+            run.train_ds,
+            validation_data=run.val_ds,
             epochs=cfg.epochs,
-            initial_epoch=initial_epoch,
+            initial_epoch=run.initial_epoch,
             callbacks=callbacks,
             # The datasets shuffle themselves (seeded).
             shuffle=False,
@@ -570,81 +640,96 @@ def _run_in_folder(cfg, resume, overwrite, saved, dist, scratch, t_start) -> dic
         )
     except KeyboardInterrupt:
         raise Interrupted(interrupted_message(cfg.output_dir, checkpoint)) from None
-    curves = plots.plot_history(history.columns(), cfg.output_dir)
-    if non_finite.failed:
+    run.curves = plots.plot_history(run.history.columns(), cfg.output_dir)
+    if run.non_finite.failed:
         kept = (
             f"the best model so far (epoch {checkpoint.best_epoch + 1}, validation mean IoU "
-            f"{checkpoint.best:.4f}) is kept in {model_path}"
+            f"{checkpoint.best:.4f}) is kept in {checkpoint.path}"
             if checkpoint.best_epoch is not None
             else "no epoch finished with finite weights, so no model was saved"
         )
         raise TrainingError(
-            f"{non_finite.failed}: stopped; {kept}. Try a lower --learning-rate or --precision float32"
+            f"{run.non_finite.failed}: stopped; {kept}. Try a lower --learning-rate or --precision float32"
         )
-    shutil.rmtree(out("resume"), ignore_errors=True)  # the run is complete
-    if early is not None and early.stopped_epoch:
+    shutil.rmtree(run.out("resume"), ignore_errors=True)  # the run is complete
+    if run.early is not None and run.early.stopped_epoch:
         print(
-            f"Stopped early after epoch {early.stopped_epoch + 1}: validation mean IoU had not risen "
+            f"Stopped early after epoch {run.early.stopped_epoch + 1}: validation mean IoU had not risen "
             f"for {cfg.early_stop} epochs"
         )
 
-    panels = []
-    if checkpoint.best_epoch is not None and cfg.num_preds:
-        # The saved model itself, on photos and labels at the data's size:
-        # the pictures show what a user of the file gets (flip averaging
-        # included), not the network at its training size.
-        try:
-            best = keras.models.load_model(model_path)
-            samples = data.samples(cfg.num_preds, False, saved_size)
-            panels = write_prediction_panels(best, samples, cfg.output_dir, pad_to)
-        except KeyboardInterrupt:
-            raise Interrupted(interrupted_message(cfg.output_dir, checkpoint)) from None
 
-    elapsed = time.perf_counter() - t_start
-    if scratch:
-        shutil.rmtree(scratch, ignore_errors=True)
+def draw_predictions(run: Run) -> None:
+    """Draw `pred_N.png` with the saved model itself, at the data's size.
+
+    The pictures show what a user of the file gets (flip averaging
+    included), not the network at its training size.
+    """
+    cfg, checkpoint = run.cfg, run.checkpoint
+    if checkpoint.best_epoch is None or not cfg.num_preds:
+        return
+    try:
+        best = keras.models.load_model(checkpoint.path)
+        samples = run.data.samples(cfg.num_preds, False, run.saved_size)
+        run.panels = write_prediction_panels(best, samples, cfg.output_dir, run.pad_to)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(cfg.output_dir, checkpoint)) from None
+
+
+def report(run: Run) -> dict:
+    """The run's summary, after saying what it wrote (a worker's scratch folder removed)."""
+    cfg, checkpoint = run.cfg, run.checkpoint
+    elapsed = time.perf_counter() - run.t_start
+    best = checkpoint.best if checkpoint.best_epoch is not None else None
+    if run.scratch:
+        shutil.rmtree(run.scratch, ignore_errors=True)
         print(f"\nWorker done in {elapsed / 60:.1f} min; the chief wrote the outputs.")
-        best = checkpoint.best if checkpoint.best_epoch is not None else None
         return {"best_val_mean_iou": best, "best_epoch": None, "model": None, "seconds": round(elapsed, 1)}
     summary = {
-        "best_val_mean_iou": checkpoint.best if checkpoint.best_epoch is not None else None,
+        "best_val_mean_iou": best,
         "best_epoch": None if checkpoint.best_epoch is None else checkpoint.best_epoch + 1,
-        "model": model_path if checkpoint.best_epoch is not None else None,
+        "model": checkpoint.path if checkpoint.best_epoch is not None else None,
         "seconds": round(elapsed, 1),
     }
     print(f"\nDone in {elapsed / 60:.1f} min. Outputs in {cfg.output_dir}/:")
     if summary["model"]:
         at = (
             ""
-            if saved_size == cfg.image_size
-            else f" at {cfg.image_size}x{cfg.image_size}; it works at {saved_size}x{saved_size}"
+            if run.saved_size == cfg.image_size
+            else f" at {cfg.image_size}x{cfg.image_size}; it works at {run.saved_size}x{run.saved_size}"
         )
         print(
             f"  {MODEL_FILE:18s} best model (epoch {summary['best_epoch']}, val mean IoU {checkpoint.best:.4f}{at})"
         )
     else:
         print("  no model saved: validation mean IoU was never finite")
+    list_outputs(run)
+    if best is not None:
+        print(f"Best validation mean IoU: {checkpoint.best:.4f} (epoch {summary['best_epoch']})")
+    return summary
+
+
+def list_outputs(run: Run) -> None:
+    """One line per file or folder the run wrote besides the model."""
+    cfg = run.cfg
     for name, what in (
         ("history.csv", "per-epoch loss, accuracy, mean IoU (train and val), learning rate"),
         ("config.json", "the resolved configuration"),
         ("classes.json", "the 19 classes: name, trainId, colour"),
-        (os.path.basename(arch), "model architecture"),
+        (os.path.basename(run.arch), "model architecture"),
     ):
         print(f"  {name:18s} {what}")
-    for p in curves:
+    for p in run.curves:
         print(f"  {os.path.basename(p):18s} curve, train and validation")
-    if panels:
+    if run.panels:
         print(
-            f"  {f'pred_1..{len(panels)}.png':18s} photo | ground truth | prediction of the saved model, "
-            f"at {saved_size}x{saved_size}"
+            f"  {f'pred_1..{len(run.panels)}.png':18s} photo | ground truth | prediction of the saved model, "
+            f"at {run.saved_size}x{run.saved_size}"
         )
     if cfg.progress_every:
         print(
             f"  {'progress/':18s} validation samples before training and every {cfg.progress_every} epoch(s)"
         )
         print(f"  {'progress.gif':18s} the same pictures as an animation")
-    if log_dir:
-        print(f"  {'logs/':18s} TensorBoard: tensorboard --logdir {log_dir}")
-    if summary["best_val_mean_iou"] is not None:
-        print(f"Best validation mean IoU: {checkpoint.best:.4f} (epoch {summary['best_epoch']})")
-    return summary
+    if run.log_dir:
+        print(f"  {'logs/':18s} TensorBoard: tensorboard --logdir {run.log_dir}")

@@ -1,0 +1,142 @@
+"""The configuration of a run: --set KEY=VALUE, --config FILE, the checks and their messages."""
+
+import dataclasses
+import json
+
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from cityscapes_unet.errors import UsageError  # noqa: E402
+from cityscapes_unet.train import config  # noqa: E402
+from cityscapes_unet.train.config import TrainConfig, config_from_command_line  # noqa: E402
+from conftest import TINY, run_main  # noqa: E402
+
+
+def test_set_parses_by_the_fields_type():
+    cfg, given = config_from_command_line(
+        {},
+        [
+            "epochs=3",
+            "learning_rate=1e-3",
+            "val-split=0.25",  # a flag's spelling works too
+            "tensorboard=yes",
+            "limit=",  # empty: None, for a field that may be None
+            "augment=none",  # the mode "none", not None
+            "tta=flip",
+            "seed=1",
+            "seed=2",  # a later one wins
+        ],
+    )
+    assert (cfg.epochs, cfg.learning_rate, cfg.val_split, cfg.tensorboard) == (3, 1e-3, 0.25, True)
+    assert cfg.limit is None and cfg.augment == "none" and cfg.tta == "flip" and cfg.seed == 2
+    assert isinstance(cfg.epochs, int) and isinstance(cfg.learning_rate, float)
+    assert given == {"epochs", "learning_rate", "val_split", "tensorboard", "limit", "augment", "tta", "seed"}
+
+
+@pytest.mark.parametrize(
+    "item, needle",
+    [
+        ("nope=1", "--set nope=1: no setting 'nope'; the settings: data_dir, output_dir"),
+        ("epochs", "--set epochs: expected KEY=VALUE"),
+        ("epochs=abc", "--set epochs=abc: epochs must be an integer, not 'abc'"),
+        ("batch_size=2.5", "--set batch_size=2.5: batch_size must be an integer or empty, not '2.5'"),
+        ("tensorboard=maybe", "--set tensorboard=maybe: tensorboard must be true or false"),
+        ("logit_adjust=x", "--set logit_adjust=x: logit_adjust must be a number"),
+    ],
+)
+def test_set_bad_key_or_value(item, needle):
+    with pytest.raises(UsageError) as e:
+        config_from_command_line({}, [item])
+    assert str(e.value).startswith(needle) and "\n" not in str(e.value)
+
+
+def test_set_and_its_flag_together_is_refused():
+    with pytest.raises(
+        UsageError, match=r"^--set epochs=3: epochs is given as --epochs 2 too; give it once$"
+    ):
+        config_from_command_line({"epochs": 2}, ["epochs=3"])
+
+
+def test_checks_name_set_only_settings_by_set():
+    for field, value, needle in [
+        ("tta", "bogus", "--set tta=bogus: must be one of none, flip, scales"),
+        ("val_split", 1.5, "--set val_split=1.5: must be between 0 and 1 (exclusive)"),
+        ("warmup_epochs", 20.0, "--set warmup_epochs=20.0: must be 0 or more and fewer than --epochs"),
+        ("epochs", 0, "--epochs 0: must be at least 1"),
+        ("image_size", 40, "--image-size 40: must be a positive multiple of 16 (2^4 down-sampling levels)"),
+    ]:
+        with pytest.raises(UsageError) as e:
+            config.validate_config(TrainConfig(**{field: value}))
+        assert str(e.value) == needle
+    config.validate_config(TrainConfig())  # the defaults pass
+
+
+def test_the_flags_and_set_only_settings_cover_the_config():
+    import main
+
+    parser = main.build_parser()
+    dests = {a.dest for a in parser._actions} - {"help", *main.COMMAND_FLAGS}
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    assert dests | set(config.SET_ONLY) == set(fields) and not dests & set(config.SET_ONLY)
+    # A flag left out takes the dataclass default: the two agree.
+    for dest in dests:
+        assert parser.get_default(dest) == fields[dest], dest
+    for name in config.SET_ONLY:
+        assert name in parser.epilog
+    # Every help is one short line.
+    for action in parser._actions:
+        assert action.help and "\n" not in action.help and len(action.help) <= 90, action.dest
+
+
+def test_resume_names_a_set_only_setting_by_set(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"output_dir": str(tmp_path), "tta": "scales"}))
+    cfg = TrainConfig(output_dir=str(tmp_path), tta="flip")
+    with pytest.raises(UsageError, match=r"^--resume: --set tta=flip contradicts the run in"):
+        config.resume_config(cfg, {"tta"})
+
+
+def test_bad_set_key_on_the_command_line_is_one_line(tmp_path):
+    r = run_main("--set", "nope=1", "--output-dir", tmp_path / "o", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    (line,) = r.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error: --set nope=1: no setting 'nope'")
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+    r = run_main("--config", tmp_path / "missing.json", "--output-dir", tmp_path / "o", cwd=tmp_path)
+    assert r.returncode == 2 and "error: --config " in r.stderr and "missing.json: file not found" in r.stderr
+
+
+def test_config_file_values_are_checked(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"epochs": "ten"}))
+    with pytest.raises(UsageError, match="epochs must be an integer, not 'ten'"):
+        config_from_command_line({}, [], str(path))
+    path.write_text("[1, 2]")
+    with pytest.raises(UsageError, match="not a config.json"):
+        config_from_command_line({}, [], str(path))
+
+
+def test_set_reaches_config_json_and_config_round_trips(tiny_data, tmp_path):
+    out = tmp_path / "out"
+    common = ("--epochs", 1, *TINY, "--num-preds", 0, "--progress-every", 0)
+    r = run_main(
+        "--data-dir", tiny_data, "--output-dir", out, *common,
+        "--set", "tta=none", "--set", "val_split=0.25", "--set", "logit_adjust=0",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "tta = none, logit_adjust = 0.0" in r.stdout
+    first = json.loads((out / "config.json").read_text())
+    assert (first["tta"], first["val_split"], first["logit_adjust"]) == ("none", 0.25, 0.0)
+    assert first["val_files"] == 3  # a quarter of the 12 pairs
+
+    # Its config.json as the defaults of a new run; a flag and --set override.
+    out2 = tmp_path / "out2"
+    r = run_main("--config", out / "config.json", "--output-dir", out2, "--set", "seed=7")
+    assert r.returncode == 0, r.stderr[-3000:]
+    second = json.loads((out2 / "config.json").read_text())
+    assert second["output_dir"] == str(out2) and second["seed"] == 7
+    changed = {k for k in first if first[k] != second[k]}
+    assert changed <= {"output_dir", "seed", "val_source", "class_weight_values"}, changed
+    # In process: the file's fields come back as the same configuration.
+    cfg, _ = config_from_command_line({}, [], str(out / "config.json"))
+    assert dataclasses.asdict(cfg) == {k: first[k] for k in dataclasses.asdict(cfg)}
