@@ -8,7 +8,7 @@ and the same `(x, y, w)` batches (`decode.targets`), served by a
 `keras.utils.PyDataset`.
 
 The decoded arrays are those of `tf_pipeline.decode_pair`, bit for bit, on
-x86-64 (checked by `tests/test_numpy_pipeline.py`):
+x86-64 (checked by `tests/data/test_numpy_pipeline.py`):
 
 - JPEG: OpenCV's libjpeg decodes with the same integer DCT that
   `decode_jpeg(dct_method="INTEGER_ACCURATE")` asks for.
