@@ -333,3 +333,28 @@ def test_inference_model_save_load_round_trip(tmp_path):
     loaded = keras.models.load_model(path, compile=False)
     x = np.random.default_rng(8).integers(0, 256, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
+
+
+def test_model_arch_draws_the_levels_without_graphviz(tmp_path, monkeypatch):
+    import model_arch
+
+    def no_graphviz(*args, **kwargs):
+        raise ImportError("You must install pydot")
+
+    monkeypatch.setattr(keras.utils, "plot_model", no_graphviz)
+    model = build_unet(32, 19, (4, 8), 16)
+    assert model_arch.unet_levels(model) == [
+        ("enc1", 4, 32), ("enc2", 8, 16), ("bottleneck", 16, 8), ("dec2", 8, 16), ("dec1", 4, 32),
+    ]  # fmt: skip
+    path = model_arch.get_model_arch(model, str(tmp_path))
+    assert path == str(tmp_path / "model_arch.png")
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "install pydot" in (tmp_path / "model_arch.txt").read_text()
+    # A model without enc/bottleneck/dec blocks gets the summary only.
+    inputs = keras.Input((8, 8, 3))
+    plain = keras.Model(inputs, keras.layers.Conv2D(2, 1, name="head_conv")(inputs))
+    other = tmp_path / "other"
+    other.mkdir()
+    assert model_arch.get_model_arch(plain, str(other)) == str(other / "model_arch.txt")
+    assert not (other / "model_arch.png").exists()
