@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 
+from cityscapes_unet.startup import load_backend
+
 # Quiet TensorFlow's start-up chatter; a user's own setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -289,6 +291,7 @@ def plot(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and run; bad input ends with one line and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
+    load_backend()
     from cityscapes_unet.errors import TrainingError, UsageError
     from cityscapes_unet.train.config import config_from_command_line
     from cityscapes_unet.train.run import interrupted_message, run_training

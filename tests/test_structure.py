@@ -15,6 +15,7 @@ LAYERS = (
     (f"{PACKAGE}.errors", 0),
     (f"{PACKAGE}.io", 0),
     (f"{PACKAGE}.plots", 0),
+    (f"{PACKAGE}.startup", 0),
     (f"{PACKAGE}.data", 1),
     ("segmentation_model", 2),
     ("model_arch", 2),
