@@ -81,7 +81,9 @@ def main() -> None:
     if args.train_pairs:
         from cityscapes_unet.data.source import find_data
 
-        train = find_data(cfg["data_dir"], cfg.get("limit"), cfg["val_split"], cfg["seed"])[0]
+        train = find_data(
+            cfg["data_dir"], cfg.get("limit"), cfg["val_split"], cfg["seed"], cfg.get("carve", "random")
+        )[0]
         picks = np.random.default_rng(0).choice(len(train), min(args.train_pairs, len(train)), replace=False)
         files, where = [train[i] for i in sorted(picks)], "the run's training split (seed 0)"
     else:

@@ -166,13 +166,28 @@ def scan_pairs(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     return good, skipped
 
 
-def split_train_val(files: list[str], val_split: float, seed: int) -> tuple[list[str], list[str]]:
+CARVES = ("random", "blocks")
+# A block carve holds out this many runs of neighbouring files: enough
+# drives to average over, each long enough to leave its street out of
+# training.
+VAL_BLOCKS = 8
+
+
+def split_train_val(
+    files: list[str], val_split: float, seed: int, carve: str = "random"
+) -> tuple[list[str], list[str]]:
     """Seeded split of one file list into disjoint train and validation lists.
 
+    A `"random"` carve draws validation files one by one. A `"blocks"` carve
+    draws `VAL_BLOCKS` runs of neighbouring files (in natural order, which
+    for Cityscapes is city and drive order), so validation scenes are not
+    next-door frames of training ones.
+
     Args:
-        files: All files.
+        files: All files, in natural order.
         val_split: Fraction for validation, in (0, 1).
-        seed: Seed of the permutation.
+        seed: Seed of the draw.
+        carve: `"random"` or `"blocks"`.
 
     Returns:
         `(train, val)`, each in natural order; val holds at least one file and
@@ -180,8 +195,26 @@ def split_train_val(files: list[str], val_split: float, seed: int) -> tuple[list
     """
     n = len(files)
     n_val = min(max(1, round(n * val_split)), n - 1) if n > 1 else 0
-    order = np.random.default_rng(seed).permutation(n)
-    val_idx = set(order[:n_val].tolist())
-    train = [f for i, f in enumerate(files) if i not in val_idx]
-    val = [f for i, f in enumerate(files) if i in val_idx]
+    rng = np.random.default_rng(seed)
+    if carve == "blocks":
+        is_val = _block_mask(n, n_val, rng)
+    else:
+        is_val = np.zeros(n, bool)
+        is_val[rng.permutation(n)[:n_val]] = True
+    train = [f for f, v in zip(files, is_val, strict=True) if not v]
+    val = [f for f, v in zip(files, is_val, strict=True) if v]
     return train, val
+
+
+def _block_mask(n: int, n_val: int, rng: np.random.Generator) -> np.ndarray:
+    # n_val validation files in k runs of near-equal length, placed in k
+    # distinct gaps between the n - n_val training files (so no two runs
+    # touch): a seeded draw of the gaps, then the runs laid out in order.
+    k = min(VAL_BLOCKS, n_val, n - n_val + 1)
+    lengths = [n_val // k + (i < n_val % k) for i in range(k)]
+    gaps = np.sort(rng.choice(n - n_val + 1, size=k, replace=False))
+    mask = np.zeros(n, bool)
+    for i, (gap, length) in enumerate(zip(gaps.tolist(), lengths, strict=True)):
+        start = gap + sum(lengths[:i])
+        mask[start : start + length] = True
+    return mask

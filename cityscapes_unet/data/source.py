@@ -286,7 +286,7 @@ def _tfds_split(split: str, image_size: int, data_dir, manual_dir, limit):
 
 
 def find_data(
-    data_dir: str, limit: int | None = 0, val_split: float = 0.15, seed: int = 42
+    data_dir: str, limit: int | None = 0, val_split: float = 0.15, seed: int = 42, carve: str = "random"
 ) -> tuple[list[str], list[str], str, list[tuple[str, str]]]:
     """Locate the train and validation pair files of `cfg.data_dir`.
 
@@ -299,6 +299,8 @@ def find_data(
         limit: Use at most this many files of each split (0: all).
         val_split: Fraction held out when there is no `val/`.
         seed: Seed of that hold-out.
+        carve: How it is drawn: `"random"` files or `"blocks"` of
+            neighbouring files (`split_train_val`).
 
     Returns:
         `(train_files, val_files, val_source, skipped)`.
@@ -339,8 +341,9 @@ def find_data(
         raise UsageError(
             f"--data-dir {root}: only {len(good)} usable pair; need 2 or more to hold out validation"
         )
-    train, val = split_train_val(good, val_split, seed)
-    return train, val, f"seeded {val_split:.0%} of {train_dir} (seed {seed})", skipped
+    train, val = split_train_val(good, val_split, seed, carve)
+    how = "" if carve == "random" else f", in {carve}"
+    return train, val, f"seeded {val_split:.0%} of {train_dir} (seed {seed}{how})", skipped
 
 
 def resolve_eval_files(model_path: str, data_dir: str | None) -> tuple[list[str], str, list[tuple[str, str]]]:
@@ -375,6 +378,7 @@ def resolve_eval_files(model_path: str, data_dir: str | None) -> tuple[list[str]
             saved.get("limit") or 0,
             saved.get("val_split", 0.15),
             saved.get("seed", 42),
+            saved.get("carve", "random"),
         )
         # Those skipped from the folder the split comes from (a carved split's
         # pool, or the run's val/), not the training folder's.

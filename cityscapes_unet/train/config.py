@@ -20,6 +20,7 @@ import keras
 
 from cityscapes_unet.data import source as data_source
 from cityscapes_unet.data.decode import AUGMENTS
+from cityscapes_unet.data.files import CARVES
 from cityscapes_unet.errors import UsageError
 from cityscapes_unet.train.distribute import DISTRIBUTE
 
@@ -80,6 +81,7 @@ SET_ONLY = (
     "warmup_epochs",
     "early_stop",
     "val_split",
+    "carve",
     "block",
     "tta",
     "logit_adjust",
@@ -110,6 +112,7 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     early_stop: int = 0
     val_split: float = 0.15
+    carve: str = "random"
     seed: int = 42
     precision: str = "auto"
     augment: str | None = None
@@ -389,6 +392,7 @@ CHECKS = (
     ("num_preds", _at_least(0), "must be 0 or more"),
     ("progress_every", _at_least(0), "must be 0 (off) or more"),
     ("num_progress", _at_least(1), "must be at least 1"),
+    ("carve", *_one_of(CARVES)),
     ("precision", *_one_of(PRECISIONS)),
     ("schedule", *_one_of(SCHEDULES)),
     ("loss", *_one_of(LOSSES)),
@@ -508,6 +512,7 @@ def resume_config(cfg: TrainConfig, given: frozenset[str] | set[str]) -> tuple[T
         saved = json.load(f)
     fields = saved_fields(saved)
     fields.setdefault("block", "plain")  # written before --block: plain conv blocks
+    fields.setdefault("carve", "random")  # written before the block carve
     for key in sorted(given):
         mine = getattr(cfg, key)
         if key in RESUME_FREE:

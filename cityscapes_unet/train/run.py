@@ -199,7 +199,9 @@ def open_data(cfg: TrainConfig, pad_to: int = 1) -> tuple[data_source.RunData, l
         except TfdsSourceError as e:
             raise UsageError(str(e)) from None
         return data, []
-    train_files, val_files, val_source, skipped = find_data(cfg.data_dir, cfg.limit, cfg.val_split, cfg.seed)
+    train_files, val_files, val_source, skipped = find_data(
+        cfg.data_dir, cfg.limit, cfg.val_split, cfg.seed, cfg.carve
+    )
     if pipeline == "numpy" and cfg.augment == "full":
         raise UsageError("--augment full: needs the tf.data pipeline (TensorFlow); use flip or none")
     data = data_source.from_pairs(

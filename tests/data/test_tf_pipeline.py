@@ -7,7 +7,13 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from cityscapes_unet.data.files import check_pair, jpeg_header, list_images, split_train_val  # noqa: E402
+from cityscapes_unet.data.files import (  # noqa: E402
+    VAL_BLOCKS,
+    check_pair,
+    jpeg_header,
+    list_images,
+    split_train_val,
+)
 from cityscapes_unet.data.tf_pipeline import decode_pair, make_dataset, to_model_inputs  # noqa: E402
 from conftest import make_pair, write_pairs  # noqa: E402
 
@@ -102,6 +108,18 @@ def test_split_is_seeded_and_disjoint():
     assert not set(tr) & set(va) and set(tr) | set(va) == set(files)
     assert split_train_val(files, 0.15, seed=7) == (tr, va)
     assert split_train_val(files, 0.15, seed=8)[1] != va
+
+
+@pytest.mark.parametrize("n, fraction", [(100, 0.15), (2472, 0.15), (20, 0.5), (3, 0.15), (10, 0.9)])
+def test_block_carve_holds_out_runs_of_neighbours(n, fraction):
+    files = [f"{i}.jpg" for i in range(n)]
+    tr, va = split_train_val(files, fraction, seed=3, carve="blocks")
+    assert len(va) == len(split_train_val(files, fraction, seed=3)[1])  # the random carve's size
+    assert not set(tr) & set(va) and set(tr) | set(va) == set(files) and tr and va
+    index = sorted(int(f.split(".")[0]) for f in va)
+    runs = 1 + sum(b - a > 1 for a, b in zip(index, index[1:], strict=False))
+    assert runs == min(VAL_BLOCKS, len(va), len(tr) + 1)  # distinct runs that never touch
+    assert split_train_val(files, fraction, seed=3, carve="blocks") == (tr, va)
 
 
 def test_header_checks(tmp_path):
