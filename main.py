@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="main.py",
         description="Train a UNet on the Cityscapes image pairs (photo | colour label JPEGs).",
         epilog="Settings without a flag, for --set KEY=VALUE (any field of config.json works): "
-        "warmup_epochs, early_stop, val_split, block, tta, logit_adjust, class_weights, encoder_weights, "
+        "warmup_epochs, early_stop, val_split, carve, block, tta, logit_adjust, class_weights, encoder_weights, "
         "num_progress, cpu_replicas, tfds_data_dir, tfds_manual_dir. "
         "Other commands: 'python main.py evaluate --help' (score a model), "
         "'python main.py predict --help' (segment photos), "
@@ -217,7 +217,9 @@ def build_predict_parser() -> argparse.ArgumentParser:
         "NAME_overlay.png (colours over the photo) and NAME_ids.png (uint8 trainIds, the photo's size).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="JPEG or PNG photos, or folders of them")
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="JPEG or PNG photos, videos, or folders of them"
+    )
     p.add_argument(
         "--model",
         type=str,
@@ -240,6 +242,11 @@ def build_predict_parser() -> argparse.ArgumentParser:
         "truth, and score against it",
     )
     p.add_argument("--batch-size", type=int, default=8, help="prediction batch size")
+    p.add_argument(
+        "--frame-ids",
+        action="store_true",
+        help="with videos: also write each frame's ids as NAME_ids/FRAME.png",
+    )
     return p
 
 
@@ -304,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             from cityscapes_unet.infer.predict import run_predict
 
             a = build_predict_parser().parse_args(argv[1:])
-            run_predict(a.model, a.inputs, a.out, a.pairs, a.batch_size, a.engine)
+            run_predict(a.model, a.inputs, a.out, a.pairs, a.batch_size, a.engine, a.frame_ids)
         elif argv[:1] == ["export"]:
             from cityscapes_unet.infer.export import run_export
 

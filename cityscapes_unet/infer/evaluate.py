@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import keras
 import numpy as np
 
 import utils_func as uf
@@ -83,7 +84,9 @@ def decoded_batches(
                 yield batch
 
 
-def evaluate_files(model, files: list[str], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def evaluate_files(
+    model, files: list[str], batch_size: int = 16, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Confusion matrices of `model` over pair files, at two resolutions.
 
     Photos go through the training pipeline's decoding (`decode_pair_np`,
@@ -100,6 +103,7 @@ def evaluate_files(model, files: list[str], batch_size: int = 16) -> tuple[np.nd
         model: Trained model with a square input.
         files: Pair files.
         batch_size: Batch size.
+        progress: Show a progress bar.
 
     Returns:
         `(cm_model_size, cm_label_size)`, each a `(19, 19)` confusion matrix.
@@ -107,12 +111,19 @@ def evaluate_files(model, files: list[str], batch_size: int = 16) -> tuple[np.nd
     size = int(model.input_shape[1])
     cm = np.zeros((uf.NUM_CLASSES, uf.NUM_CLASSES), np.int64)
     cm_full = np.zeros_like(cm)
+    bar = keras.utils.Progbar(len(files), unit_name="pair") if progress else None
+    done = 0
     for batch in decoded_batches(files, size, batch_size):
         photos, ids, full_ids = zip(*batch, strict=True)
         probs = model.predict(np.stack(photos).astype(np.float32), batch_size=batch_size, verbose=0)
         cm += confusion_matrix(np.stack(ids), probs.argmax(-1))
         for p, full in zip(probs, full_ids, strict=True):
             cm_full += confusion_matrix(full, probabilities_to_ids(p, *full.shape))
+        done += len(batch)
+        if bar is not None:
+            bar.update(done)
+    if bar is not None and done != len(files):  # files skipped: end the bar here
+        bar.update(done, finalize=True)
     return cm, cm_full
 
 
@@ -175,7 +186,7 @@ def run_evaluate(model_path: str, data_dir: str | None, output_dir: str | None, 
         )
         for p, why in skipped:
             print(f"  skipped {display_name(p)}: {why}")
-    cm, cm_full = evaluate_files(model, files, batch_size)
+    cm, cm_full = evaluate_files(model, files, batch_size, progress=len(files) >= 10)
     result = write_report(
         cm,
         out,

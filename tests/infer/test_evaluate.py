@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cityscapes_unet.infer.metrics import category_confusion, confusion_matrix, markdown_report, scores
-from conftest import TINY, run_main
+from conftest import TINY, run_main, write_pairs
 
 
 def test_scores_hand_worked_with_void():
@@ -76,6 +76,22 @@ def test_evaluate_end_to_end_matches_training_metrics(tiny_data, tmp_path):
     assert full["pixels"] == report["pixels"]
     md = open(out / "eval" / "report.md").read()
     assert "at the labels' own size" in md and "IoU at label size" in md
+
+
+def test_evaluate_shows_progress_on_a_folder(tmp_path):
+    import keras
+
+    import utils_func as uf
+    from segmentation_model import build_unet
+
+    keras.utils.set_random_seed(1)
+    model = tmp_path / "m.keras"
+    build_unet(32, uf.NUM_CLASSES, (4, 8, 16, 32), 64).save(model)
+    write_pairs(tmp_path / "pairs", 12)
+    r = run_main("evaluate", "--model", model, "--data-dir", tmp_path / "pairs", "--batch-size", 5)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "12/12" in r.stdout and "| mean IoU (19 classes) |" in r.stdout
+    assert json.load(open(tmp_path / "eval" / "report.json"))["files"] == 12
 
 
 def test_evaluate_bad_model_file(tmp_path):

@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 
 import utils_func as uf
+from cityscapes_unet import plots
+from cityscapes_unet.data.numpy_pipeline import resize_area
+from cityscapes_unet.infer import predict
+from cityscapes_unet.infer.engines import Engine
 from cityscapes_unet.infer.metrics import probabilities_to_ids
-from cityscapes_unet.infer.predict import overlay
 from cityscapes_unet.io import read_photo, split_pair
+from cityscapes_unet.plots import overlay
 from conftest import make_pair, run_main, write_pairs
 from segmentation_model import build_unet
 
@@ -148,7 +152,7 @@ def test_predict_command_pairs(tiny_model, tmp_path):
     [
         (["--model", "{tmp}/missing.keras", "{tmp}"], "--model {tmp}/missing.keras: file not found"),
         (["--model", "{model}", "{tmp}/nothing.jpg"], "{tmp}/nothing.jpg: no such file or folder"),
-        (["--model", "{model}", "{tmp}/empty"], "no .jpg, .jpeg or .png files"),
+        (["--model", "{model}", "{tmp}/empty"], "no .jpg, .jpeg, .png or video files"),
         (["--model", "{model}", "{tmp}/junk.jpg"], "no usable photo among 1 input files"),
         (["--model", "{model}", "--batch-size", "0", "{tmp}"], "--batch-size 0"),
     ],
@@ -170,3 +174,104 @@ def test_predict_refuses_model_with_wrong_outputs(tmp_path):
     r = run_main("predict", "--model", tmp_path / "five.keras", "--out", tmp_path / "o", tmp_path / "p.jpg")
     assert r.returncode == 2 and "expected (batch, H, W, 19)" in r.stderr
     assert not os.path.exists(tmp_path / "o" / "p_ids.png")
+
+
+def _write_video(path, frames, fps=12.0):
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    assert writer.isOpened()
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+def _read_video(path):
+    cap = cv2.VideoCapture(str(path))
+    fps, frames = cap.get(cv2.CAP_PROP_FPS), []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    return fps, frames
+
+
+def test_predict_video_matches_frames_one_by_one(tiny_model, tmp_path):
+    # The photo halves of tiny pairs, scaled to an odd frame size, as a clip.
+    photos = [cv2.resize(make_pair(32, s)[0][:, :32], (40, 24)) for s in range(7)]
+    clip = tmp_path / "clip.avi"
+    _write_video(clip, photos)
+    out = tmp_path / "out"
+    r = run_main("predict", "--model", tiny_model, "--frame-ids", "--batch-size", 3, "--out", out, clip)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Predicted 7 frames of 1 video" in r.stdout and "7/7" in r.stdout
+    fps, written = _read_video(out / "clip_overlay.mp4")
+    assert len(written) == 7 and written[0].shape == (24, 40, 3) and fps == pytest.approx(12.0)
+    ids = [cv2.imread(str(out / "clip_ids" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED) for i in range(1, 8)]
+    assert all(i.shape == (24, 40) for i in ids)
+    # The frames as the video holds them, predicted one by one as photos.
+    _, frames = _read_video(clip)
+    single = tmp_path / "frames"
+    single.mkdir()
+    for i, f in enumerate(frames, 1):
+        cv2.imwrite(str(single / f"{i:06d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    r = run_main("predict", "--model", tiny_model, "--batch-size", 1, "--out", tmp_path / "one", single)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for i in range(1, 8):
+        one = cv2.imread(str(tmp_path / "one" / f"{i:06d}_ids.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(one, ids[i - 1])
+
+
+def test_predict_unreadable_video_is_skipped(tiny_model, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    photo = tmp_path / "p.png"
+    cv2.imwrite(str(photo), np.full((20, 30, 3), 90, np.uint8))
+    r = run_main("predict", "--model", tiny_model, "--out", tmp_path / "out", bad, photo)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"skipped {bad}: not a video OpenCV can read" in r.stdout
+    assert "Traceback" not in r.stderr and (tmp_path / "out" / "p_ids.png").exists()
+
+
+def test_panel_image_columns_hold_the_pictures():
+    photo = np.full((20, 30, 3), 7, np.uint8)
+    truth = np.full((20, 30), 13, np.uint8)
+    truth[0, 0] = uf.IGNORE_ID
+    pred = np.full((20, 30), 0, np.uint8)
+    panel = plots.panel_image(photo, truth, pred, "t")
+    top = 50  # title bar and column names
+    np.testing.assert_array_equal(panel[top : top + 20, 2:32], photo)
+    np.testing.assert_array_equal(panel[top : top + 20, 36:66], uf.colorize(truth))
+    np.testing.assert_array_equal(panel[top : top + 20, 70:100], uf.colorize(pred))
+    assert tuple(panel[top, 36]) == (0, 0, 0)  # ignored: black
+    assert panel.shape[0] >= top + 14 * uf.NUM_CLASSES  # the legend fits
+    no_truth = plots.panel_image(photo, None, pred)
+    assert no_truth.shape[1] == panel.shape[1] - 34
+
+
+def test_predict_photos_in_threads_equals_one_at_a_time(tmp_path):
+    # The pipelined loop gives each file its own prediction, in order, and
+    # skips unreadable files wherever they fall in a batch.
+    paths = write_pairs(tmp_path / "pairs", 9)
+    (tmp_path / "pairs" / "5.jpg").write_bytes(b"broken")
+
+    def fake(x):
+        # Class = the photo's mean brightness bucket: a function of the input alone.
+        k = (x.mean(axis=(1, 2, 3)) // 16).astype(int) % uf.NUM_CLASSES
+        return np.eye(uf.NUM_CLASSES, dtype=np.float32)[k][:, None, None, :] * np.ones(
+            (1, 32, 32, 1), np.float32
+        )
+
+    runner = Engine("keras", "m.keras", 32, fake)
+    (tmp_path / "out").mkdir()
+    tally = predict._Tally()
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    predict._predict_photos(runner, paths, stems, str(tmp_path / "out"), True, 4, tally)
+    assert tally.written == 8 and [os.path.basename(p) for p, _ in tally.skipped] == ["5.jpg"]
+    for p, stem in zip(paths, stems, strict=True):
+        if stem == "5":
+            continue
+        photo = split_pair(read_photo(p))[0]
+        want = fake(resize_area(photo, 32, 32)[None].astype(np.float32))[0].argmax(-1)[0, 0]
+        got = cv2.imread(str(tmp_path / "out" / f"{stem}_ids.png"), cv2.IMREAD_UNCHANGED)
+        assert (got == want).all()
