@@ -61,3 +61,21 @@ def test_inference_bench_tiny(tmp_path):
     assert "openvino" in r.stdout and "x faster at batch 1" in r.stdout and "same argmax on" in r.stdout
     assert "peak MB" in r.stdout
     keras.backend.clear_session()
+
+
+def test_predict_speed_bench_tiny(tmp_path):
+    from segmentation_model import build_unet
+
+    write_pairs(tmp_path / "pairs", 6, size=32)
+    build_unet(32, uf.NUM_CLASSES, (4, 8, 16, 32)).save(tmp_path / "m.keras")
+    r = _bench(
+        "predict_speed.py",
+        "--model",
+        tmp_path / "m.keras",
+        "--data-dir",
+        tmp_path / "pairs",
+        "--batch-size",
+        4,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "6 photos of" in r.stdout and "x the model" in r.stdout and "x predict on photos" in r.stdout
