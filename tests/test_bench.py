@@ -12,6 +12,14 @@ from conftest import ROOT, write_pairs
 pytest.importorskip("tensorflow")
 
 
+def _tiny_model_and_pairs(tmp_path, pairs: int):
+    """A 32x32 UNet saved as `m.keras` and `pairs` tiny pairs in `pairs/`."""
+    from segmentation_model import build_unet
+
+    write_pairs(tmp_path / "pairs", pairs, size=32)
+    build_unet(32, uf.NUM_CLASSES, (4, 8, 16, 32)).save(tmp_path / "m.keras")
+
+
 def _bench(script, *args):
     cmd = [sys.executable, os.path.join(ROOT, "bench", script), *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -39,10 +47,7 @@ def test_inference_bench_tiny(tmp_path):
     pytest.importorskip("openvino")
     import keras
 
-    from segmentation_model import build_unet
-
-    write_pairs(tmp_path / "pairs", 4, size=32)
-    build_unet(32, uf.NUM_CLASSES, (4, 8, 16, 32)).save(tmp_path / "m.keras")
+    _tiny_model_and_pairs(tmp_path, 4)
     r = _bench(
         "inference.py",
         "--model",
@@ -64,10 +69,7 @@ def test_inference_bench_tiny(tmp_path):
 
 
 def test_predict_speed_bench_tiny(tmp_path):
-    from segmentation_model import build_unet
-
-    write_pairs(tmp_path / "pairs", 6, size=32)
-    build_unet(32, uf.NUM_CLASSES, (4, 8, 16, 32)).save(tmp_path / "m.keras")
+    _tiny_model_and_pairs(tmp_path, 6)
     r = _bench(
         "predict_speed.py",
         "--model",
