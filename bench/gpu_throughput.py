@@ -23,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+from peer_models import conv_flops, torch_unet  # noqa: E402
 
 import utils_func as uf  # noqa: E402
 
@@ -57,29 +58,6 @@ def load_pairs(data_dir: str | None, count: int, size: int, seed: int = 0):
     _, photos, ids, _ = decode_files(files, size)
     reps = -(-count // len(photos))
     return np.concatenate([photos] * reps)[:count], np.concatenate([ids] * reps)[:count]
-
-
-def conv_flops(model) -> float:
-    """Forward FLOPs per image of the model's convolutions (2 per multiply-add).
-
-    Args:
-        model: A built Keras model.
-
-    Returns:
-        FLOPs of one image's forward pass through its `Conv2D` and
-        `Conv2DTranspose` layers.
-    """
-    total = 0.0
-    for layer in model.layers:
-        kind = type(layer).__name__
-        if kind not in ("Conv2D", "Conv2DTranspose"):
-            continue
-        kh, kw = layer.kernel_size
-        cin = layer.input.shape[-1]
-        # A transposed convolution does its multiply-adds per *input* pixel.
-        h, w = layer.input.shape[1:3] if kind == "Conv2DTranspose" else layer.output.shape[1:3]
-        total += 2.0 * h * w * kh * kw * cin * layer.filters
-    return total
 
 
 def matmul_peak(dtype: str, n: int, reps: int = 10) -> float:
@@ -177,37 +155,8 @@ def torch_rate(photos, ids, size, widths, batch, steps, amp_dtype) -> float | No
     if not torch.cuda.is_available():
         return None
 
-    def block(cin, cout):
-        return nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        )  # fmt: skip
-
-    class UNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            chans = [3, *widths]
-            self.down = nn.ModuleList(block(chans[i], chans[i + 1]) for i in range(len(widths)))
-            self.mid = block(widths[-1], 2 * widths[-1])
-            ups = [2 * widths[-1], *widths[::-1]]
-            self.up = nn.ModuleList(nn.ConvTranspose2d(ups[i], ups[i + 1], 2, 2) for i in range(len(widths)))
-            self.dec = nn.ModuleList(block(2 * ups[i + 1], ups[i + 1]) for i in range(len(widths)))
-            self.head = nn.Conv2d(widths[0], 19, 1)
-
-        def forward(self, x):
-            x = x / 127.5 - 1
-            skips = []
-            for d in self.down:
-                x = d(x)
-                skips.append(x)
-                x = nn.functional.max_pool2d(x, 2)
-            x = self.mid(x)
-            for up, dec, s in zip(self.up, self.dec, skips[::-1], strict=True):
-                x = dec(torch.cat([up(x), s], 1))
-            return self.head(x)
-
     dev = torch.device("cuda")
-    model = UNet().to(dev).to(memory_format=torch.channels_last)
+    model = torch_unet(widths).to(dev).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
     x_all = (

@@ -316,28 +316,3 @@ def test_padded_batches_match_tf(tf, tmp_path):
         np.testing.assert_array_equal(w, [[1, 1, 0, 0]])
         np.testing.assert_array_equal(y.argmax(-1)[w == 1], [0, 18])
         np.testing.assert_array_equal(y.sum(-1), w)
-
-
-def test_gpu_throughput_bench_reads_pairs_without_tensorflow(tmp_path):
-    """`bench/gpu_throughput.py --data-dir` decodes with this pipeline: it runs
-    under JAX where TensorFlow cannot be imported."""
-    pytest.importorskip("jax")
-    write_pairs(tmp_path, 5, size=32)
-    script = f"""
-import runpy, sys
-
-
-class NoTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "tensorflow":
-            raise ModuleNotFoundError("No module named 'tensorflow'")
-
-
-sys.meta_path.insert(0, NoTensorFlow())
-sys.argv = ["gpu_throughput.py", "--tiny", "--data-dir", {str(tmp_path)!r}, "--policies", "float32"]
-runpy.run_path({os.path.join(ROOT, "bench", "gpu_throughput.py")!r}, run_name="__main__")
-"""
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "real pairs from" in r.stdout and "keras float32" in r.stdout
