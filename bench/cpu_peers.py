@@ -90,7 +90,7 @@ def keras_rate(kind: str, spec: dict) -> dict:
     cfg = TrainConfig(
         image_size=spec["size"], base_filters=spec["filters"], batch_size=spec["batch"], block=spec["block"]
     )
-    jit = resolve_xla("auto", False, spec["policy"], spec["bf16_units"])
+    jit = resolve_xla(spec.get("xla", "auto"), False, spec["policy"], spec["bf16_units"])
     if kind == "project":
         weights = class_weights(np.linspace(1.0, 50.0, 19))
         model = build_and_compile(cfg, spec["steps"], weights, jit_compile=jit)
@@ -218,6 +218,7 @@ def settings(args) -> dict:
         "steps": args.steps,
         "timed": 2,
         "matmul_n": 2048,
+        "xla": args.xla,
     }
     if args.tiny:
         spec.update(size=32, filters=4, batch=2, steps=2, timed=1, matmul_n=128)
@@ -266,6 +267,7 @@ def main() -> None:
     p.add_argument(
         "--block", choices=("plain", "residual"), default=None, help="conv blocks (default: this machine's)"
     )
+    p.add_argument("--xla", choices=("auto", "on", "off"), default="auto", help="XLA for the Keras rows")
     p.add_argument("--timeout", type=float, default=600, help="seconds one row may take")
     p.add_argument("--tiny", action="store_true", help="smoke run: 32x32, 4 filters, one round")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -282,12 +284,13 @@ def main() -> None:
     flops = train_flops(spec)
     print(
         f"UNet {spec['size']}x{spec['size']}, base {spec['filters']} filters, {spec['block']} blocks, "
-        f"batch {spec['batch']}; project precision {spec['policy']}; bf16 units: {spec['bf16_units']}; "
+        f"batch {spec['batch']}; project precision {spec['policy']}, --xla {spec['xla']}; "
+        f"bf16 units: {spec['bf16_units']}; "
         f"{flops / 1e9:.2f} GFLOP per training image; {os.cpu_count()} CPUs"
     )
     peaks = run_child("matmul", spec, args.timeout) or {}
     for name, v in peaks.items():
-        print(f"matmul peak {name:9s} {v / 1e9:8.1f} GFLOP/s ({spec['matmul_n']}^3, PyTorch)")
+        print(f"matmul peak {name:9s} {v / 1e9:8.1f} GFLOP/s (PyTorch, side up to {spec['matmul_n']})")
     results = {r: [] for r in rows}
     for k in range(rounds):
         for r in rows:

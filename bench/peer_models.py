@@ -103,11 +103,16 @@ def torch_unet(widths, num_classes: int = 19, residual: bool = False):
 def torch_matmul_peak(dtype_name: str, n: int, device: str = "cpu", reps: int = 10) -> float:
     """Measured FLOP/s of an n x n x n matrix product in PyTorch.
 
+    The side grows from 256 up to `n` while a product stays short, and
+    fewer products are timed where they are slow (bf16 on a CPU without
+    bf16 units runs far below its float32 rate), so the measurement takes
+    seconds.
+
     Args:
         dtype_name: `float32`, `float16` or `bfloat16`.
-        n: Side of the square matrices.
+        n: Largest side of the square matrices.
         device: `cpu` or `cuda`.
-        reps: Products timed after two warm-ups; the best of three timings.
+        reps: Most products per timing; the best of three timings.
 
     Returns:
         FLOP/s.
@@ -115,21 +120,26 @@ def torch_matmul_peak(dtype_name: str, n: int, device: str = "cpu", reps: int = 
     import torch
 
     dtype = getattr(torch, dtype_name)
-    a = torch.full((n, n), 0.01, dtype=dtype, device=device)
-    b = torch.full((n, n), 0.01, dtype=dtype, device=device)
 
-    def sync():
+    def timed(a, b, count):
         if device == "cuda":
             torch.cuda.synchronize()
-
-    for _ in range(2):
-        a @ b
-    best = float("inf")
-    for _ in range(3):
-        sync()
         t0 = time.perf_counter()
-        for _ in range(reps):
+        for _ in range(count):
             a @ b
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 * reps / best
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    size = min(n, 256)
+    while True:
+        a = torch.full((size, size), 0.01, dtype=dtype, device=device)
+        b = torch.full((size, size), 0.01, dtype=dtype, device=device)
+        timed(a, b, 1)  # warm-up
+        one = timed(a, b, 1)
+        if size * 2 > n or 8 * one > 0.5:  # doubling the side costs 8x
+            break
+        size *= 2
+    count = max(1, min(reps, int(0.5 / max(one, 1e-9))))
+    best = min(timed(a, b, count) for _ in range(3))
+    return 2.0 * size**3 * count / best

@@ -86,6 +86,7 @@ SET_ONLY = (
     "tta",
     "logit_adjust",
     "class_weights",
+    "class_weight_power",
     "encoder_weights",
     "num_progress",
     "cpu_replicas",
@@ -120,6 +121,7 @@ class TrainConfig:
     tta: str = "scales"
     logit_adjust: float = 0.3
     class_weights: str = "auto"
+    class_weight_power: float = 0.5
     loss: str = "ce_lovasz"
     xla: str = "auto"
     encoder: str = "unet"
@@ -408,6 +410,7 @@ CHECKS = (
     ("dataset", *_one_of(data_source.DATASETS)),
     ("pipeline", *_one_of(data_source.PIPELINES)),
     ("class_weights", *_one_of(CLASS_WEIGHTS)),
+    ("class_weight_power", lambda v, c: 0.0 <= v <= 1.0, "must be between 0 and 1"),
     (
         "image_size",
         lambda v, c: v is None or (v >= stride(c.encoder)[0] and v % stride(c.encoder)[0] == 0),

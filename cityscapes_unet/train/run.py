@@ -490,7 +490,7 @@ def prepare_training(run: Run) -> None:
     elif cfg.class_weights == "auto":
         t0 = time.perf_counter()
         freq = data.class_frequencies()  # also fills the decode cache
-        run.weights = class_weights(freq)
+        run.weights = class_weights(freq, power=cfg.class_weight_power)
         print(f"Decoded {data.n_train} training samples in {time.perf_counter() - t0:.0f} s; class weights:")
         print("  " + ", ".join(f"{c.name} {w:.2f}" for c, w in zip(uf.CLASSES, run.weights, strict=True)))
     run.train_ds, run.val_ds = data.train, data.val

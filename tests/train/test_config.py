@@ -63,6 +63,7 @@ def test_checks_name_set_only_settings_by_set():
         ("tta", "bogus", "--set tta=bogus: must be one of none, flip, scales"),
         ("val_split", 1.5, "--set val_split=1.5: must be between 0 and 1 (exclusive)"),
         ("carve", "city", "--set carve=city: must be one of random, blocks"),
+        ("class_weight_power", 1.5, "--set class_weight_power=1.5: must be between 0 and 1"),
         ("warmup_epochs", 20.0, "--set warmup_epochs=20.0: must be 0 or more and fewer than --epochs"),
         ("epochs", 0, "--epochs 0: must be at least 1"),
         ("image_size", 40, "--image-size 40: must be a positive multiple of 16 (2^4 down-sampling levels)"),
