@@ -19,8 +19,12 @@ PYTHON=${PYTHON:-python3}
 EPOCHS=${EPOCHS:-15}
 THROUGHPUT_S=${THROUGHPUT_S:-210}
 TRAIN_S=${TRAIN_S:-240}
+POLICIES=${POLICIES:-float32,mixed_float16,mixed_bfloat16}
 mkdir -p "$OUT"
 export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+# JAX takes 75% of the GPU's memory by default; the PyTorch reference runs
+# in the same process after it.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}
 
 # Keras travels as wheels where the machine has none.
 if ! "$PYTHON" -c "import keras" 2>/dev/null; then
@@ -49,7 +53,7 @@ fi
 } 2>&1 | tee "$OUT/machine.txt"
 
 echo "== throughput"
-timeout "$THROUGHPUT_S" "$PYTHON" bench/gpu_throughput.py --data-dir "$PACK/pairs/train" "${bench_args[@]}" \
+timeout "$THROUGHPUT_S" "$PYTHON" bench/gpu_throughput.py --data-dir "$PACK/pairs/train" --policies "$POLICIES" "${bench_args[@]}" \
   2>&1 | tee "$OUT/throughput.txt"
 bench_rc=${PIPESTATUS[0]}
 
