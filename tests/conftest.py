@@ -21,6 +21,17 @@ TINY_DEFAULT_XLA = ("--image-size", 32, "--base-filters", 4, "--batch-size", 4)
 TINY = (*TINY_DEFAULT_XLA, "--xla", "off")
 
 
+#: Makes `import tensorflow` fail in a Python process, as on a machine without it.
+BLOCK_TF = """
+import importlib.abc, sys
+class _NoTF(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, _NoTF())
+"""
+
+
 def run_main(*args, cwd=None):
     """Run `python main.py ARGS` in a fresh process; return the CompletedProcess."""
     import subprocess

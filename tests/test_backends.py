@@ -17,17 +17,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import ROOT, write_pairs
-
-#: Makes `import tensorflow` fail in the driver, as on a machine without it.
-BLOCK_TF = """
-import importlib.abc, sys
-class _NoTF(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
-            raise ModuleNotFoundError(f"No module named {name!r}")
-sys.meta_path.insert(0, _NoTF())
-"""
+from conftest import BLOCK_TF, ROOT, write_pairs
 
 #: Runs main.py in-process, then one training step of a tiny UNet under
 #: each mixed-precision policy.

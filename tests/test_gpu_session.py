@@ -13,16 +13,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SHARED_TRAIN, write_pairs
-
-BLOCK_TF = """
-import importlib.abc, sys
-class _NoTF(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
-            raise ModuleNotFoundError(f"No module named {name!r}")
-sys.meta_path.insert(0, _NoTF())
-"""
+from conftest import BLOCK_TF, ROOT, SHARED_TRAIN, write_pairs
 
 
 def _city_split(root, count_train: int, count_val: int):
