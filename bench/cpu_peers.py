@@ -107,26 +107,9 @@ def keras_rate(kind: str, spec: dict) -> dict:
         )
     n = spec["batch"] * spec["steps"]
     x, y, w = to_model_inputs_np(*random_batches(n, spec["size"]))
-    times = []
+    from peer_models import timed_fit
 
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.t0)
-
-    epochs = 1 + spec["timed"]
-    model.fit(
-        x,
-        y,
-        sample_weight=w,
-        batch_size=spec["batch"],
-        epochs=epochs,
-        shuffle=False,
-        verbose=0,
-        callbacks=[Timer()],
-    )
+    times = timed_fit(model, x, y, w, spec["batch"], 1 + spec["timed"])
     return {"rate": n / min(times[1:]), "precision": spec["policy"], "xla": str(jit)}
 
 

@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-from peer_models import conv_flops, torch_unet  # noqa: E402
+from peer_models import conv_flops, timed_fit, torch_unet  # noqa: E402
 
 import utils_func as uf  # noqa: E402
 
@@ -117,16 +117,7 @@ def keras_rate(photos, ids, size, widths, batch, policy, steps) -> float:
     )
     n = batch * steps
     _, y, w = to_model_inputs_np(photos[:n], ids[:n])
-    times = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.t0)
-
-    model.fit(photos[:n], y, sample_weight=w, batch_size=batch, epochs=3, verbose=0, callbacks=[Timer()])
+    times = timed_fit(model, photos[:n], y, w, batch, 3)
     keras.mixed_precision.set_global_policy("float32")
     return n / min(times[1:])  # the first epoch compiles
 

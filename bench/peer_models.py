@@ -143,3 +143,32 @@ def torch_matmul_peak(dtype_name: str, n: int, device: str = "cpu", reps: int = 
     count = max(1, min(reps, int(0.5 / max(one, 1e-9))))
     best = min(timed(a, b, count) for _ in range(3))
     return 2.0 * size**3 * count / best
+
+
+def timed_fit(model, x, y, w, batch: int, epochs: int) -> list[float]:
+    """Seconds of each epoch of `model.fit` (the first includes compilation).
+
+    Args:
+        model: A compiled Keras model.
+        x: Inputs; y: one-hot targets; w: per-pixel sample weights.
+        batch: Batch size.
+        epochs: Epochs to run, unshuffled.
+
+    Returns:
+        One wall time per epoch.
+    """
+    import keras
+
+    times: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t0)
+
+    model.fit(
+        x, y, sample_weight=w, batch_size=batch, epochs=epochs, shuffle=False, verbose=0, callbacks=[Timer()]
+    )
+    return times
