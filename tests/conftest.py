@@ -40,6 +40,27 @@ def run_main(*args, cwd=None):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
 
 
+def main_in_process(*args):
+    """Run `main.main(ARGS)` in this process; return a CompletedProcess.
+
+    For commands that stop before training (refusals, bad input): it skips
+    the second or so a fresh process spends importing TensorFlow.
+    """
+    import contextlib
+    import io
+    import subprocess
+
+    import main as cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as e:  # argparse's own errors
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def make_pair(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic pair: stripes of a few classes, the photo tinted per class.
 

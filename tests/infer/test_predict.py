@@ -15,7 +15,7 @@ from cityscapes_unet.infer.engines import Engine
 from cityscapes_unet.infer.metrics import probabilities_to_ids
 from cityscapes_unet.io import read_photo, split_pair
 from cityscapes_unet.plots import overlay
-from conftest import make_pair, run_main, write_pairs
+from conftest import main_in_process, make_pair, run_main, write_pairs
 from segmentation_model import build_unet
 
 
@@ -161,7 +161,7 @@ def test_predict_bad_input_one_line(args, needle, tiny_model, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "junk.jpg").write_bytes(b"junk")
     fill = {"tmp": str(tmp_path), "model": str(tiny_model)}
-    r = run_main("predict", "--out", tmp_path / "o", *[a.format(**fill) for a in args])
+    r = main_in_process("predict", "--out", tmp_path / "o", *[a.format(**fill) for a in args])
     assert r.returncode == 2, r.stdout + r.stderr
     assert needle.format(**fill) in r.stderr
     assert "Traceback" not in r.stderr
@@ -171,7 +171,9 @@ def test_predict_refuses_model_with_wrong_outputs(tmp_path):
     inputs = keras.Input((32, 32, 3))
     keras.Model(inputs, keras.layers.Conv2D(5, 1)(inputs)).save(tmp_path / "five.keras")
     cv2.imwrite(str(tmp_path / "p.jpg"), np.zeros((8, 8, 3), np.uint8))
-    r = run_main("predict", "--model", tmp_path / "five.keras", "--out", tmp_path / "o", tmp_path / "p.jpg")
+    r = main_in_process(
+        "predict", "--model", tmp_path / "five.keras", "--out", tmp_path / "o", tmp_path / "p.jpg"
+    )
     assert r.returncode == 2 and "expected (batch, H, W, 19)" in r.stderr
     assert not os.path.exists(tmp_path / "o" / "p_ids.png")
 

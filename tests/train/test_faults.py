@@ -18,7 +18,7 @@ from cityscapes_unet import errors
 from cityscapes_unet.data.files import check_pair, scan_pairs  # noqa: E402
 from cityscapes_unet.train import outputs
 from cityscapes_unet.train.callbacks import BestModelCheckpoint, HistoryCSV, ResumeState, StopOnNonFinite  # noqa: E402
-from conftest import ROOT, TINY, run_main, write_pairs  # noqa: E402
+from conftest import ROOT, TINY, main_in_process, run_main, write_pairs  # noqa: E402
 from segmentation_model import build_unet  # noqa: E402
 
 FAST = (*TINY, "--num-preds", 1, "--progress-every", 0)
@@ -50,13 +50,10 @@ def _bad_name(folder):
     os.rmdir(folder / "src")
 
 
-def _main(capsys, *args):
-    """`main.main(ARGS)` in this process (no start-up cost); `(code, stdout, stderr)`."""
-    import main
-
-    code = main.main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+def _main(*args):
+    """`main_in_process(ARGS)` as `(code, stdout, stderr)`."""
+    r = main_in_process(*args)
+    return r.returncode, r.stdout, r.stderr
 
 
 def _weights_finite(path):
@@ -124,7 +121,7 @@ def test_truncated_and_non_utf8_files_fail_the_check(tmp_path):
 
 
 @pytest.mark.parametrize("pipeline", ["tf", "numpy"])
-def test_bad_files_named_and_counts_exact_in_training_and_evaluate(tmp_path, pipeline, capsys):
+def test_bad_files_named_and_counts_exact_in_training_and_evaluate(tmp_path, pipeline):
     data = tmp_path / "data"
     write_pairs(data / "train", 8)
     write_pairs(data / "val", 4, seed=50)
@@ -147,7 +144,7 @@ def test_bad_files_named_and_counts_exact_in_training_and_evaluate(tmp_path, pip
 
     for args in ((), ("--data-dir", data)):
         code, stdout, err = _main(
-            capsys, "evaluate", "--model", out / "unet_model.keras", "--output-dir", tmp_path / "ev", *args
+            "evaluate", "--model", out / "unet_model.keras", "--output-dir", tmp_path / "ev", *args
         )
         assert code == 0, err[-3000:]
         assert "on 3 pairs" in stdout and "skipped " in stdout and "2.jpg" in stdout
@@ -155,14 +152,12 @@ def test_bad_files_named_and_counts_exact_in_training_and_evaluate(tmp_path, pip
         assert "2.jpg" in (tmp_path / "ev" / "skipped.txt").read_text()
 
 
-def test_evaluate_of_a_folder_with_a_non_utf8_name(tmp_path, capsys):
+def test_evaluate_of_a_folder_with_a_non_utf8_name(tmp_path):
     write_pairs(tmp_path / "pairs", 2)
     _bad_name(tmp_path / "pairs")
     model = _tiny_model()
     model.save(tmp_path / "m.keras")
-    code, out, err = _main(
-        capsys, "evaluate", "--model", tmp_path / "m.keras", "--data-dir", tmp_path / "pairs"
-    )
+    code, out, err = _main("evaluate", "--model", tmp_path / "m.keras", "--data-dir", tmp_path / "pairs")
     assert code == 0, err[-3000:]
     assert "on 2 pairs" in out and "bad\\xff.jpg: file name is not valid UTF-8" in out
 
@@ -191,18 +186,18 @@ def test_lock_refuses_a_second_holder_and_not_after_a_kill(tmp_path):
 # 6-7. Earlier runs: an unfinished one is refused, a finished one kept whole.
 
 
-def test_unfinished_run_refused_whatever_the_epochs(tiny_data, tmp_path, capsys):
+def test_unfinished_run_refused_whatever_the_epochs(tiny_data, tmp_path):
     out = tmp_path / "o"
     (out / "resume").mkdir(parents=True)
     (out / "resume" / "epoch_002.keras").write_bytes(b"model")
     (out / "resume" / "state.json").write_text('{"epochs_done": 2, "model": "epoch_002.keras"}')
     for epochs in (1, 2, 3):
-        code, _, err = _main(capsys, "--data-dir", tiny_data, "--output-dir", out, "--epochs", epochs, *FAST)
+        code, _, err = _main("--data-dir", tiny_data, "--output-dir", out, "--epochs", epochs, *FAST)
         assert code == 2 and "holds an unfinished run (2 epochs done)" in err
     assert sorted(os.listdir(out / "resume")) == ["epoch_002.keras", "state.json"]
 
 
-def test_run_folder_busy_refused_earlier_run_kept_whole_temporaries_removed(tmp_path, capsys):
+def test_run_folder_busy_refused_earlier_run_kept_whole_temporaries_removed(tmp_path):
     write_pairs(tmp_path / "a" / "train", 8)
     write_pairs(tmp_path / "b" / "train", 10, seed=30)
     out = tmp_path / "o"
@@ -217,7 +212,7 @@ def test_run_folder_busy_refused_earlier_run_kept_whole_temporaries_removed(tmp_
             ("--resume",),
             ("--data-dir", tmp_path / "b", "--overwrite"),
         ):
-            code, _, err = _main(capsys, "--output-dir", out, "--epochs", 1, *FAST, *extra)
+            code, _, err = _main("--output-dir", out, "--epochs", 1, *FAST, *extra)
             assert code == 2 and f"in use by process {holder.pid}" in err, err[-2000:]
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -239,7 +234,7 @@ def test_run_folder_busy_refused_earlier_run_kept_whole_temporaries_removed(tmp_
     for name, data in first.items():
         assert (earlier / name).read_bytes() == data
     assert {"acc.png", "pred_1.png", "unet_model.json", "classes.json"} <= set(os.listdir(earlier))
-    code, stdout, err = _main(capsys, "evaluate", "--model", earlier / "unet_model.keras")
+    code, stdout, err = _main("evaluate", "--model", earlier / "unet_model.keras")
     assert code == 0, err[-3000:]
     assert str(tmp_path / "a") in stdout and "on 1 pairs" in stdout  # its own 15% of 8
 
@@ -247,15 +242,15 @@ def test_run_folder_busy_refused_earlier_run_kept_whole_temporaries_removed(tmp_
 # 8. Folders that cannot be written.
 
 
-def test_unwritable_output_folder_one_line(tiny_data, tmp_path, capsys):
+def test_unwritable_output_folder_one_line(tiny_data, tmp_path):
     (tmp_path / "afile").write_text("")
     for out in (tmp_path / "afile" / "out", tmp_path / ("x" * 300)):
-        code, _, err = _main(capsys, "--data-dir", tiny_data, "--output-dir", out, "--epochs", 1, *FAST)
+        code, _, err = _main("--data-dir", tiny_data, "--output-dir", out, "--epochs", 1, *FAST)
         assert code == 2 and err.strip().count("\n") == 0 and "cannot write there" in err, err[-2000:]
     _tiny_model().save(tmp_path / "m.keras")
     write_pairs(tmp_path / "pairs", 2)
     code, _, err = _main(
-        capsys, "evaluate", "--model", tmp_path / "m.keras", "--data-dir", tmp_path / "pairs",
+        "evaluate", "--model", tmp_path / "m.keras", "--data-dir", tmp_path / "pairs",
         "--output-dir", tmp_path / "afile" / "ev",
     )  # fmt: skip
     assert code == 2 and "--output-dir" in err and "cannot write there" in err
@@ -321,18 +316,18 @@ def test_ctrl_c_says_what_is_on_disk_and_how_to_go_on(tiny_data, tmp_path):
 # 11. Models that are not files, the Kaggle folder, the best model's epoch on resume.
 
 
-def test_folder_and_truncated_model_are_named_as_such(tmp_path, capsys):
+def test_folder_and_truncated_model_are_named_as_such(tmp_path):
     _tiny_model().save(tmp_path / "m.keras")
     (tmp_path / "cut.keras").write_bytes((tmp_path / "m.keras").read_bytes()[:5000])
     write_pairs(tmp_path / "pairs", 1)
     for model, needle in ((tmp_path, "is a folder"), (tmp_path / "cut.keras", "not a whole .keras file")):
-        code, _, err = _main(capsys, "evaluate", "--model", model, "--data-dir", tmp_path / "pairs")
+        code, _, err = _main("evaluate", "--model", model, "--data-dir", tmp_path / "pairs")
         assert code == 2 and needle in err and "File not found" not in err
 
 
-def test_kaggle_parent_folder_points_at_its_sub_folder(tmp_path, capsys):
+def test_kaggle_parent_folder_points_at_its_sub_folder(tmp_path):
     write_pairs(tmp_path / "kaggle" / "cityscapes_data" / "train", 2)
-    code, _, err = _main(capsys, "--data-dir", tmp_path / "kaggle", "--output-dir", tmp_path / "o", *FAST)
+    code, _, err = _main("--data-dir", tmp_path / "kaggle", "--output-dir", tmp_path / "o", *FAST)
     assert code == 2 and f"pass --data-dir {tmp_path / 'kaggle' / 'cityscapes_data'}" in err
 
 

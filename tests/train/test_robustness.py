@@ -18,7 +18,7 @@ pytest.importorskip("tensorflow")
 from cityscapes_unet.data.files import check_pair, scan_pairs  # noqa: E402
 from cityscapes_unet.errors import TrainingError  # noqa: E402
 from cityscapes_unet.train.callbacks import BestModelCheckpoint  # noqa: E402
-from conftest import ROOT, TINY, run_main, write_pairs  # noqa: E402
+from conftest import ROOT, TINY, main_in_process, run_main, write_pairs  # noqa: E402
 from segmentation_model import build_unet  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def _start_main(*args):
 
 
 def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path):
-    flags = ("--data-dir", tiny_data, "--epochs", 6, *TINY, "--num-preds", 0, "--schedule", "cosine")
+    flags = ("--data-dir", tiny_data, "--epochs", 4, *TINY, "--num-preds", 0, "--schedule", "cosine")
     # The same run, uninterrupted, for comparison.
     ref = tmp_path / "ref"
     r = run_main(*flags, "--output-dir", ref)
@@ -53,13 +53,13 @@ def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = json.load(open(state))["epochs_done"]
-    assert 2 <= done < 6
+    assert 2 <= done < 4
     best_before = (out / "unet_model.keras").read_bytes()
 
     # A new run over the unfinished one is refused; so is a contradicting resume.
-    r = run_main(*flags, "--output-dir", out)
+    r = main_in_process(*flags, "--output-dir", out)
     assert r.returncode == 2 and "unfinished run" in r.stderr and "--resume" in r.stderr
-    r = run_main("--output-dir", out, "--resume", "--learning-rate", 0.5)
+    r = main_in_process("--output-dir", out, "--resume", "--learning-rate", 0.5)
     assert r.returncode == 2 and "--learning-rate 0.5 contradicts" in r.stderr
     assert "Traceback" not in r.stderr
     assert (out / "unet_model.keras").read_bytes() == best_before
@@ -67,9 +67,9 @@ def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path):
     # Resume with no other flag: the saved configuration is used.
     r = run_main("--output-dir", out, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"Resuming {out} after epoch {done} of 6" in r.stdout
+    assert f"Resuming {out} after epoch {done} of 4" in r.stdout
     rows = _history(out)
-    assert [row["epoch"] for row in rows] == [str(e) for e in range(6)]
+    assert [row["epoch"] for row in rows] == [str(e) for e in range(4)]
     # The optimizer's step count came back: the learning rate goes on along
     # the same cosine schedule as the uninterrupted run.
     np.testing.assert_allclose(
@@ -83,7 +83,7 @@ def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path):
     info = json.load(open(out / "unet_model.json"))
     best_row = max(rows, key=lambda row: float(row["val_mean_iou"]))
     assert info["best"] == pytest.approx(float(best_row["val_mean_iou"]), abs=1e-6)
-    r = run_main("--output-dir", out, "--resume")
+    r = main_in_process("--output-dir", out, "--resume")
     assert r.returncode == 2 and "no complete epoch saved" in r.stderr
 
 
@@ -98,7 +98,7 @@ def test_overwrite_replaces_and_default_keeps(tiny_data, tmp_path):
         "unet_model.json",
         "unet_model.keras",
     ]
-    r = run_main(*flags, "--overwrite", "--resume")
+    r = main_in_process(*flags, "--overwrite", "--resume")
     assert r.returncode == 2 and "choose one" in r.stderr
 
 
@@ -236,7 +236,7 @@ def test_models_refused_with_one_line(tmp_path):
             ("evaluate", "--model", tmp_path / name, "--data-dir", tmp_path / "pairs"),
             ("predict", "--model", tmp_path / name, "--out", tmp_path / "o", tmp_path / "pairs"),
         ):
-            r = run_main(*cmd)
+            r = main_in_process(*cmd)
             assert r.returncode == 2, (cmd, r.stderr[-2000:])
             assert needle in r.stderr and "Traceback" not in r.stderr
             assert len(r.stderr.strip().splitlines()[-1]) < 300
@@ -256,7 +256,7 @@ def test_models_refused_with_one_line(tmp_path):
     ],
 )
 def test_nonsense_flags(args, needle, tmp_path):
-    r = run_main(*args, "--output-dir", tmp_path / "o")
+    r = main_in_process(*args, "--output-dir", tmp_path / "o")
     assert r.returncode == 2, r.stderr[-2000:]
     assert needle in r.stderr and "Traceback" not in r.stderr
 
