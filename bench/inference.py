@@ -3,8 +3,9 @@
 For each model: milliseconds per 256x256 (or the model's size) photo at
 batch 1 (median of repeated calls) and images per second at batch 16,
 through `keras.Model.predict_on_batch` and through the OpenVINO IR that
-`python main.py export` writes; then the share of pixels whose argmax agrees,
-on real validation photos. Ratios last.
+`python main.py export` writes, compiled in f32 and, on a CPU with bf16
+units, in bf16; then the share of pixels whose argmax agrees with Keras', on
+real validation photos. Ratios last.
 
     python bench/inference.py --model output/unet_model.keras \
         --data-dir ../shared/data/cityscapes_pairs/train
@@ -67,21 +68,27 @@ def real_photos(data_dir: str, size: int, count: int) -> np.ndarray:
 
 
 def measure(name: str, model, photos: np.ndarray, repeats: int, workdir: str) -> dict:
-    """Time one Keras model and its OpenVINO export; compare their argmax."""
-    from cityscapes_unet.infer.engines import openvino_engine
+    """Time one Keras model and its OpenVINO export (f32, and bf16 where the CPU has it); compare argmax."""
+    from cityscapes_unet.infer.engines import cpu_runs_bf16, openvino_engine
 
     xml = os.path.join(workdir, f"{name.split()[0]}.xml")
     model.export(xml, format="openvino", verbose=False)
-    ov = openvino_engine(xml, "bench")
-    engines = {"keras": lambda x: np.asarray(model.predict_on_batch(x)), "openvino": ov.predict}
-    row = {"name": name}
+    engines = {"keras": lambda x: np.asarray(model.predict_on_batch(x))}
+    for precision in ("f32", "bf16") if cpu_runs_bf16() else ("f32",):
+        engines[f"openvino {precision}"] = openvino_engine(xml, "bench", precision).predict
+    row = {"name": name, "engines": list(engines)}
     for engine, fn in engines.items():
         row[f"{engine}_ms"] = latency_ms(fn, photos[:1], repeats)
         row[f"{engine}_ips"] = throughput(fn, photos[:16], max(2, repeats // 5))
-    ref = np.concatenate([engines["keras"](photos[i : i + 16]).argmax(-1) for i in range(0, len(photos), 16)])
-    got = np.concatenate([ov.predict(photos[i : i + 16]).argmax(-1) for i in range(0, len(photos), 16)])
-    row["agreement"] = float((ref == got).mean())
+    ref = _classes(engines["keras"], photos)
+    for engine in row["engines"][1:]:
+        row[f"{engine}_agreement"] = float((ref == _classes(engines[engine], photos)).mean())
     return row
+
+
+def _classes(fn, photos: np.ndarray) -> np.ndarray:
+    """Argmax classes of `fn` over `photos`, 16 at a time."""
+    return np.concatenate([fn(photos[i : i + 16]).argmax(-1) for i in range(0, len(photos), 16)])
 
 
 def predict_run(model: str, files: list[str], engine: str, out: str) -> tuple[float, float]:
@@ -139,7 +146,7 @@ def main() -> None:
         models.append(("classic UNet (256, 64 filters, untrained)", build_unet(256, uf.NUM_CLASSES)))
 
     print(f"CPU: {os.cpu_count()} cores, bf16 matrix units: {cpu_has_bf16_matmul()}")
-    head = f"{'model':44s} {'engine':9s} {'ms/img b1':>10s} {'img/s b16':>10s}"
+    head = f"{'model':44s} {'engine':13s} {'ms/img b1':>10s} {'img/s b16':>10s}"
     print(head)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,10 +155,11 @@ def main() -> None:
             photos = real_photos(args.data_dir, size, max(16, args.photos))
             row = measure(name, model, photos, args.repeats, tmp)
             rows.append(row)
-            for engine in ("keras", "openvino"):
-                print(f"{name:44s} {engine:9s} {row[f'{engine}_ms']:10.1f} {row[f'{engine}_ips']:10.1f}")
+            for engine in row["engines"]:
+                print(f"{name:44s} {engine:13s} {row[f'{engine}_ms']:10.1f} {row[f'{engine}_ips']:10.1f}")
     if args.predict_files:
         from cityscapes_unet.data.files import list_images
+        from cityscapes_unet.infer.export import run_export
 
         files = list_images(args.data_dir)[-args.predict_files :]
         print(
@@ -160,17 +168,18 @@ def main() -> None:
         print(f"{'engine':9s} {'seconds':>8s} {'pairs/s':>8s} {'peak MB':>8s}")
         with tempfile.TemporaryDirectory() as tmp:
             xml = os.path.join(tmp, "model.xml")
-            trained.export(xml, format="openvino", verbose=False)
+            run_export(args.model, out=xml)  # records bf16 where it agrees well enough
             for engine, model in (("keras", args.model), ("openvino", xml)):
                 sec, mb = predict_run(model, files, engine, os.path.join(tmp, engine))
                 print(f"{engine:9s} {sec:8.1f} {len(files) / sec:8.1f} {mb:8.0f}")
     print()
     for row in rows:
-        print(
-            f"{row['name']}: OpenVINO {row['keras_ms'] / row['openvino_ms']:.2f}x faster at batch 1, "
-            f"{row['openvino_ips'] / row['keras_ips']:.2f}x at batch 16; "
-            f"same argmax on {100 * row['agreement']:.2f}% of pixels ({len(photos)} real photos)"
-        )
+        for engine in row["engines"][1:]:
+            print(
+                f"{row['name']}: {engine} {row['keras_ms'] / row[f'{engine}_ms']:.2f}x Keras at batch 1, "
+                f"{row[f'{engine}_ips'] / row['keras_ips']:.2f}x at batch 16; "
+                f"same argmax on {100 * row[f'{engine}_agreement']:.2f}% of pixels ({len(photos)} real photos)"
+            )
 
 
 if __name__ == "__main__":

@@ -36,13 +36,6 @@ def test_pipeline_bench_tiny(tmp_path):
     assert f"{(32 * 32 * (3 + 19 + 1)) / 1e6:9.3f}" in r.stdout
 
 
-def test_gpu_throughput_tiny_on_cpu():
-    r = _bench("gpu_throughput.py", "--tiny", "--policies", "float32,mixed_bfloat16")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "keras float32" in r.stdout and "keras mixed_bfloat16" in r.stdout
-    assert "matmul peak" in r.stdout and "MFU" in r.stdout
-
-
 def test_inference_bench_tiny(tmp_path):
     pytest.importorskip("openvino")
     import keras
@@ -63,7 +56,7 @@ def test_inference_bench_tiny(tmp_path):
         2,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "openvino" in r.stdout and "x faster at batch 1" in r.stdout and "same argmax on" in r.stdout
+    assert "openvino f32" in r.stdout and "x Keras at batch 1" in r.stdout and "same argmax on" in r.stdout
     assert "peak MB" in r.stdout
     keras.backend.clear_session()
 

@@ -112,10 +112,20 @@ class Engine:
         name: `keras` or `openvino`.
         input_size: Side of the square input.
         path: The file it was loaded from.
+        precision: What it computes in: `f32`, or `bf16` for an OpenVINO
+            model compiled so.
     """
 
-    def __init__(self, name: str, path: str, input_size: int, fn: Callable[[np.ndarray], np.ndarray]):
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        input_size: int,
+        fn: Callable[[np.ndarray], np.ndarray],
+        precision: str = "f32",
+    ):
         self.name = name
+        self.precision = precision
         self.path = path
         self.input_size = input_size
         self._fn = fn
@@ -132,12 +142,36 @@ class Engine:
         return np.asarray(self._fn(np.ascontiguousarray(photos, np.float32)), np.float32)
 
 
-def openvino_engine(xml: str, flag: str) -> Engine:
-    """Compile an OpenVINO IR for the CPU, in float32.
+# Where `main.py export` records the inference precision it checked for the
+# model (in the IR's rt_info): bf16 only where it matched Keras closely enough.
+PRECISION_KEY = ["cityscapes_unet", "inference_precision"]
+PRECISIONS = ("f32", "bf16")
+
+
+def cpu_runs_bf16() -> bool:
+    """Whether OpenVINO computes in bf16 on this CPU (AMX or AVX-512 BF16)."""
+    ov = require_openvino("--engine openvino")
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def recorded_precision(ov_model) -> str:
+    """The precision `export` recorded in an IR's rt_info; f32 where none."""
+    if ov_model.has_rt_info(PRECISION_KEY):
+        value = ov_model.get_rt_info(PRECISION_KEY).astype(str)
+        if value in PRECISIONS:
+            return value
+    return "f32"
+
+
+def openvino_engine(xml: str, flag: str, precision: str | None = None) -> Engine:
+    """Compile an OpenVINO IR for the CPU.
 
     Args:
         xml: The `.xml` file (its `.bin` beside it).
         flag: The option that named it, for error messages.
+        precision: `f32` or `bf16` (OpenVINO falls back to f32 on a CPU
+            without bf16 units); None: the one `export` recorded in the IR,
+            else f32.
 
     Returns:
         An `Engine` named `openvino`.
@@ -148,9 +182,12 @@ def openvino_engine(xml: str, flag: str) -> Engine:
     """
     ov = require_openvino(flag)
     try:
-        # f32: on CPUs with bf16 units (AMX) OpenVINO would compute in bf16
-        # by default, and the export would no longer give the model's classes.
-        compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        core = ov.Core()
+        ov_model = core.read_model(xml)
+        # Explicit: on CPUs with bf16 units OpenVINO would pick bf16 by itself,
+        # for every model, whether or not its classes survive it.
+        hint = precision or recorded_precision(ov_model)
+        compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": hint})
     except Exception as e:  # noqa: BLE001 - any failure is the file's fault
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UsageError(f"{flag} {xml}: not a usable OpenVINO model ({first[:200]})") from None
@@ -159,7 +196,7 @@ def openvino_engine(xml: str, flag: str) -> Engine:
     if size is None or len(shape) != 4 or shape[3].get_length() != 3:
         raise UsageError(f"{xml}: input {shape}, expected a square RGB input (batch, S, S, 3)")
     out = compiled.output(0)
-    return Engine("openvino", xml, size, lambda x: compiled(x)[out])
+    return Engine("openvino", xml, size, lambda x: compiled(x)[out], hint)
 
 
 def load_engine(model_path: str, engine: str = "auto") -> Engine:

@@ -2,13 +2,15 @@
 
 `python main.py export --model output/unet_model.keras` writes an OpenVINO IR
 (`unet_model.xml` + `.bin` beside the model) with Keras' `model.export`, then
-checks it against the Keras model on a few photos. `predict --engine openvino`
-runs it. OpenVINO is an optional dependency (`requirements-optional.txt`).
+checks it against the Keras model on a few photos, in float32 and, on a CPU
+with bf16 units, in bf16; bf16 is recorded in the IR for `predict --engine
+openvino` to use where its classes match Keras' closely enough. OpenVINO is an optional dependency (`requirements-optional.txt`).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 
 import cv2
@@ -22,6 +24,8 @@ from cityscapes_unet.data.source import resolve_eval_files, tensorflow_installed
 from cityscapes_unet.errors import UsageError
 from cityscapes_unet.infer.engines import (
     FORMATS,
+    PRECISION_KEY,
+    cpu_runs_bf16,
     default_export_path,
     load_segmentation_model,
     openvino_engine,
@@ -89,25 +93,37 @@ def _destination(model_path: str, fmt: str, out: str | None) -> str:
     return out
 
 
-def _write(model: keras.Model, fmt: str, out: str) -> float:
-    """Export `model` to `out`; return the seconds it took."""
-    t0 = time.perf_counter()
-    if fmt == "openvino":
+# The least share of pixels whose class must match Keras' for the export to
+# be recorded as bf16 where the CPU has bf16 units.
+BF16_AGREEMENT = 0.995
+
+
+def _agreements(model: keras.Model, model_path: str, xml: str) -> tuple[dict[str, float], str]:
+    """Share of pixels whose class an OpenVINO IR and Keras agree on, per precision this CPU runs."""
+    photos, check = check_photos(model_path, int(model.input_shape[1]))
+    ref = model.predict(photos, verbose=0).argmax(-1)
+    precisions = ("f32", "bf16") if cpu_runs_bf16() else ("f32",)
+    return {
+        p: float((ref == openvino_engine(xml, "--out", p).predict(photos).argmax(-1)).mean())
+        for p in precisions
+    }, check
+
+
+def _export_openvino(model: keras.Model, model_path: str, out: str) -> tuple[dict[str, float], str, str]:
+    """Write the IR, recording bf16 where it matches Keras well enough; return agreements, check, precision."""
+    ov = require_openvino("--format openvino")
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        first = os.path.join(tmp_dir, "model.xml")
+        model.export(first, format="openvino", verbose=False)
+        agreements, check = _agreements(model, model_path, first)
+        precision = "bf16" if agreements.get("bf16", 0.0) >= BF16_AGREEMENT else "f32"
+        ov_model = ov.Core().read_model(first)
+        ov_model.set_rt_info(precision, PRECISION_KEY)
         # Under temporary names, the .bin moved first: a failed export never
         # leaves a half-written model where predict would find it.
         with io.atomic_file(out, companions=(".bin",)) as tmp:
-            model.export(tmp, format="openvino", verbose=False)
-    else:
-        model.export(out, format="tf_saved_model", verbose=False)
-    return time.perf_counter() - t0
-
-
-def _agreement(model: keras.Model, model_path: str, xml: str) -> tuple[float, str]:
-    """Share of pixels whose class the OpenVINO export and Keras agree on, and on what photos."""
-    photos, check = check_photos(model_path, int(model.input_shape[1]))
-    ref = model.predict(photos, verbose=0).argmax(-1)
-    got = openvino_engine(xml, "--out").predict(photos).argmax(-1)
-    return float((ref == got).mean()), check
+            ov.save_model(ov_model, tmp, compress_to_fp16=False)
+    return agreements, check, precision
 
 
 def run_export(model_path: str, fmt: str = "openvino", out: str | None = None) -> dict:
@@ -120,9 +136,13 @@ def run_export(model_path: str, fmt: str = "openvino", out: str | None = None) -
             beside the model by default.
 
     Returns:
-        `{"path", "format", "seconds", "agreement", "check"}`: agreement is
-        the share of pixels whose argmax matches Keras' and check the photos
-        it was measured on (OpenVINO only; None and "" otherwise).
+        `{"path", "format", "seconds", "agreement", "agreements", "precision",
+        "check"}`: agreements maps each precision checked (f32, and bf16 on a
+        CPU with bf16 units) to the share of pixels whose argmax matches
+        Keras', precision is the one recorded in the IR (bf16 where its
+        agreement is at least `BF16_AGREEMENT`), agreement that one's share,
+        and check the photos it was measured on (OpenVINO only; None, {},
+        None and "" otherwise).
 
     Raises:
         UsageError: For a bad model, format or destination.
@@ -130,13 +150,27 @@ def run_export(model_path: str, fmt: str = "openvino", out: str | None = None) -
     _check_format(fmt)
     model = load_segmentation_model(model_path)
     out = _destination(model_path, fmt, out)
-    seconds = _write(model, fmt, out)
-    agreement, check = _agreement(model, model_path, out) if fmt == "openvino" else (None, "")
+    t0 = time.perf_counter()
+    agreements, check, precision = {}, "", None
+    if fmt == "openvino":
+        agreements, check, precision = _export_openvino(model, model_path, out)
+    else:
+        model.export(out, format="tf_saved_model", verbose=False)
+    seconds = time.perf_counter() - t0
     size = int(model.input_shape[1])
     line = f"Exported {model_path} ({size}x{size}, {uf.NUM_CLASSES} classes) as {fmt} to {out} in {seconds:.1f} s"
-    if agreement is not None:
-        line += f"; same class as Keras on {100 * agreement:.2f}% of pixels ({check})"
+    if agreements:
+        shares = ", ".join(f"{100 * v:.2f}% in {p}" for p, v in agreements.items())
+        line += f"; same class as Keras on {shares} of pixels ({check}); runs in {precision}"
     print(line)
     if fmt == "openvino":
         print(f"Use it: python main.py predict --model {out} INPUT...")
-    return {"path": out, "format": fmt, "seconds": round(seconds, 1), "agreement": agreement, "check": check}
+    return {
+        "path": out,
+        "format": fmt,
+        "seconds": round(seconds, 1),
+        "agreement": agreements.get(precision) if agreements else None,
+        "agreements": agreements,
+        "precision": precision,
+        "check": check,
+    }

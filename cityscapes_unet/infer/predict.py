@@ -222,6 +222,7 @@ def _summarise(tally: _Tally, runner: Engine, out_dir: str, pairs: bool, seconds
         "out_dir": out_dir,
         "model_input": size,
         "engine": runner.name,
+        "precision": runner.precision,
     }
     noun = ("pair" if pairs else "photo") + ("s" if written != 1 else "")
     done = f"{written} {noun}"
@@ -232,7 +233,7 @@ def _summarise(tally: _Tally, runner: Engine, out_dir: str, pairs: bool, seconds
     rate = (written + tally.frames) / max(seconds, 1e-9)
     line = (
         f"Predicted {done} in {seconds:.1f} s ({rate:.1f}/s) at the model's {size}x{size} "
-        f"({runner.name}), written to {out_dir}/"
+        f"({runner.name}, {runner.precision}), written to {out_dir}/"
     )
     if skipped:
         line += f"; skipped {len(skipped)}"

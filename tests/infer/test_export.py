@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 import utils_func as uf
-from conftest import make_pair, run_main
+from cityscapes_unet.infer.engines import cpu_runs_bf16, openvino_engine
+from cityscapes_unet.infer.export import BF16_AGREEMENT
+from conftest import main_in_process, make_pair
 from segmentation_model import build_unet
 
 pytest.importorskip("openvino")
@@ -50,6 +52,13 @@ def test_export_openvino_then_predict_agrees_with_keras(model_dir, tmp_path, cap
     assert result["path"] == str(xml) and result["agreement"] >= 0.995
     assert xml.stat().st_size > 0 and (model_dir / "unet_model.bin").stat().st_size > 0
     assert "same class as Keras on" in printed and "synthetic photos" in printed
+    # Checked in float32 always, in bf16 too where the CPU computes it; the
+    # IR records the one it is to run in, and the engine compiles it so.
+    assert set(result["agreements"]) == ({"f32", "bf16"} if cpu_runs_bf16() else {"f32"})
+    want = "bf16" if result["agreements"].get("bf16", 0) >= BF16_AGREEMENT else "f32"
+    assert result["precision"] == want and f"runs in {want}" in printed
+    assert openvino_engine(str(xml), "x").precision == want
+    assert openvino_engine(str(xml), "x", "f32").precision == "f32"
     # Written under temporary names, then renamed: none is left.
     assert not [p.name for p in model_dir.iterdir() if ".tmp" in p.name]
 
@@ -69,27 +78,41 @@ def test_export_openvino_then_predict_agrees_with_keras(model_dir, tmp_path, cap
         assert (got == ref).mean() >= 0.995
 
 
+def test_recorded_precision_reads_the_ir(tmp_path):
+    import openvino as ov
+
+    from cityscapes_unet.infer.engines import PRECISION_KEY, recorded_precision
+
+    model = build_unet(16, uf.NUM_CLASSES, (4, 8), 16)
+    model.export(str(tmp_path / "m.xml"), format="openvino", verbose=False)
+    ov_model = ov.Core().read_model(str(tmp_path / "m.xml"))
+    assert recorded_precision(ov_model) == "f32"  # Keras' own export records none
+    for value, want in (("bf16", "bf16"), ("f32", "f32"), ("f16", "f32")):
+        ov_model.set_rt_info(value, PRECISION_KEY)
+        assert recorded_precision(ov_model) == want
+
+
 def test_engine_errors_are_one_line(model_dir, tmp_path):
     photos = _photos(tmp_path / "photos", 1)
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     (lonely / "unet_model.keras").write_bytes((model_dir / "unet_model.keras").read_bytes())
-    r = run_main("predict", "--model", lonely / "unet_model.keras", "--engine", "openvino", photos)
+    r = main_in_process("predict", "--model", lonely / "unet_model.keras", "--engine", "openvino", photos)
     assert r.returncode == 2 and "main.py export --model" in r.stderr and "Traceback" not in r.stderr
 
     # An export older than its model is refused: it would predict for the old one.
-    r = run_main("export", "--model", lonely / "unet_model.keras")
+    r = main_in_process("export", "--model", lonely / "unet_model.keras")
     assert r.returncode == 0, r.stderr[-2000:]
     future = time.time() + 60
     os.utime(lonely / "unet_model.keras", (future, future))
-    r = run_main("predict", "--model", lonely / "unet_model.keras", "--engine", "openvino", photos)
+    r = main_in_process("predict", "--model", lonely / "unet_model.keras", "--engine", "openvino", photos)
     assert r.returncode == 2 and "is older than" in r.stderr
 
     bad = tmp_path / "bad.xml"
     bad.write_text("<not a model/>")
-    r = run_main("predict", "--model", bad, photos)
+    r = main_in_process("predict", "--model", bad, photos)
     assert r.returncode == 2 and "not a usable OpenVINO model" in r.stderr and "Traceback" not in r.stderr
-    r = run_main("export", "--model", lonely / "unet_model.keras", "--out", tmp_path / "x.onnx")
+    r = main_in_process("export", "--model", lonely / "unet_model.keras", "--out", tmp_path / "x.onnx")
     assert r.returncode == 2 and "--out" in r.stderr and ".xml" in r.stderr
 
 
