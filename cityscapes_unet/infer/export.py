@@ -160,8 +160,8 @@ def run_export(model_path: str, fmt: str = "openvino", out: str | None = None) -
     size = int(model.input_shape[1])
     line = f"Exported {model_path} ({size}x{size}, {uf.NUM_CLASSES} classes) as {fmt} to {out} in {seconds:.1f} s"
     if agreements:
-        shares = ", ".join(f"{100 * v:.2f}% in {p}" for p, v in agreements.items())
-        line += f"; same class as Keras on {shares} of pixels ({check}); runs in {precision}"
+        shares = ", ".join(f"{p} {100 * v:.2f}% of pixels" for p, v in agreements.items())
+        line += f"; same class as Keras: {shares} ({check}); runs in {precision}"
     print(line)
     if fmt == "openvino":
         print(f"Use it: python main.py predict --model {out} INPUT...")

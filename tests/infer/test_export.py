@@ -51,7 +51,7 @@ def test_export_openvino_then_predict_agrees_with_keras(model_dir, tmp_path, cap
     xml = model_dir / "unet_model.xml"
     assert result["path"] == str(xml) and result["agreement"] >= 0.995
     assert xml.stat().st_size > 0 and (model_dir / "unet_model.bin").stat().st_size > 0
-    assert "same class as Keras on" in printed and "synthetic photos" in printed
+    assert "same class as Keras: f32" in printed and "synthetic photos" in printed
     # Checked in float32 always, in bf16 too where the CPU computes it; the
     # IR records the one it is to run in, and the engine compiles it so.
     assert set(result["agreements"]) == ({"f32", "bf16"} if cpu_runs_bf16() else {"f32"})
