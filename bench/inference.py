@@ -69,12 +69,12 @@ def real_photos(data_dir: str, size: int, count: int) -> np.ndarray:
 
 def measure(name: str, model, photos: np.ndarray, repeats: int, workdir: str) -> dict:
     """Time one Keras model and its OpenVINO export (f32, and bf16 where the CPU has it); compare argmax."""
-    from cityscapes_unet.infer.engines import cpu_runs_bf16, openvino_engine
+    from cityscapes_unet.infer.engines import openvino_engine, precisions_here
 
     xml = os.path.join(workdir, f"{name.split()[0]}.xml")
     model.export(xml, format="openvino", verbose=False)
     engines = {"keras": lambda x: np.asarray(model.predict_on_batch(x))}
-    for precision in ("f32", "bf16") if cpu_runs_bf16() else ("f32",):
+    for precision in precisions_here():
         engines[f"openvino {precision}"] = openvino_engine(xml, "bench", precision).predict
     row = {"name": name, "engines": list(engines)}
     for engine, fn in engines.items():

@@ -154,6 +154,11 @@ def cpu_runs_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def precisions_here() -> tuple[str, ...]:
+    """The precisions OpenVINO computes in on this CPU: f32, and bf16 where it has the units."""
+    return PRECISIONS if cpu_runs_bf16() else PRECISIONS[:1]
+
+
 def recorded_precision(ov_model) -> str:
     """The precision `export` recorded in an IR's rt_info; f32 where none."""
     if ov_model.has_rt_info(PRECISION_KEY):

@@ -4,7 +4,8 @@
 (`unet_model.xml` + `.bin` beside the model) with Keras' `model.export`, then
 checks it against the Keras model on a few photos, in float32 and, on a CPU
 with bf16 units, in bf16; bf16 is recorded in the IR for `predict --engine
-openvino` to use where its classes match Keras' closely enough. OpenVINO is an optional dependency (`requirements-optional.txt`).
+openvino` to use where its classes match Keras' closely enough. OpenVINO is
+an optional dependency (`requirements-optional.txt`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from cityscapes_unet.errors import UsageError
 from cityscapes_unet.infer.engines import (
     FORMATS,
     PRECISION_KEY,
-    cpu_runs_bf16,
     default_export_path,
     load_segmentation_model,
     openvino_engine,
+    precisions_here,
     require_openvino,
 )
 
@@ -102,10 +103,9 @@ def _agreements(model: keras.Model, model_path: str, xml: str) -> tuple[dict[str
     """Share of pixels whose class an OpenVINO IR and Keras agree on, per precision this CPU runs."""
     photos, check = check_photos(model_path, int(model.input_shape[1]))
     ref = model.predict(photos, verbose=0).argmax(-1)
-    precisions = ("f32", "bf16") if cpu_runs_bf16() else ("f32",)
     return {
         p: float((ref == openvino_engine(xml, "--out", p).predict(photos).argmax(-1)).mean())
-        for p in precisions
+        for p in precisions_here()
     }, check
 
 
