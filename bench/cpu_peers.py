@@ -38,6 +38,8 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from cityscapes_unet.startup import load_backend  # noqa: E402
+
 #: name -> (Keras backend or None for native PyTorch, what is timed)
 ROWS = {
     "tf-project": ("tensorflow", "project"),
@@ -220,6 +222,23 @@ def train_flops(spec: dict) -> float:
     return 3 * conv_flops(model)
 
 
+def peak_share(precision: str, rate: float, flops: float, peaks: dict) -> float | None:
+    """Share of the matmul peak of the row's compute type that `rate` images/s reach.
+
+    Args:
+        precision: The row's precision (`mixed_bfloat16`, `bf16 autocast`, `float32`).
+        rate: Training images/s.
+        flops: Training FLOPs per image.
+        peaks: `{"float32": FLOP/s, "bfloat16": FLOP/s}` (either may be missing).
+
+    Returns:
+        The share (1.0 is the peak), or None without that peak.
+    """
+    kind = "bfloat16" if "bf16" in precision or "bfloat16" in precision else "float32"
+    peak = peaks.get(kind)
+    return flops * rate / peak if peak else None
+
+
 def print_table(rows: list[str], results: dict, peaks: dict, flops: float) -> None:
     """One line per row: rate of each round, the best, against the native peer, share of the peak."""
     best = {r: max(x["rate"] for x in results[r]) for r in rows if results[r]}
@@ -232,10 +251,10 @@ def print_table(rows: list[str], results: dict, peaks: dict, flops: float) -> No
             print(f"{r:16s} {WHAT[ROWS[r][1]]:44s} (failed)")
             continue
         prec = results[r][0]["precision"]
-        peak = peaks.get("bfloat16" if "bf16" in prec else "float32")
         rounds = " / ".join(f"{x['rate']:.1f}" for x in results[r])
         vs = f"{best[r] / native:.2f}x" if native else "-"
-        share = f"{100 * flops * best[r] / peak:.0f}%" if peak else "-"
+        share = peak_share(prec, best[r], flops, peaks)
+        share = f"{100 * share:.0f}%" if share is not None else "-"
         print(f"{r:16s} {WHAT[ROWS[r][1]]:44s} {prec:16s} {rounds:>18s} {best[r]:7.1f} {vs:>9s} {share:>6s}")
 
 
@@ -258,6 +277,7 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args.child, json.loads(args.spec))
+    load_backend()
     rows = args.rows.split(",")
     unknown = [r for r in rows if r not in ROWS]
     if unknown:

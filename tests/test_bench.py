@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end on tiny inputs and print their tables."""
 
+import glob
 import os
 import subprocess
 import sys
@@ -74,3 +75,25 @@ def test_predict_speed_bench_tiny(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "6 photos of" in r.stdout and "x the model" in r.stdout and "x predict on photos" in r.stdout
+
+
+def test_peer_bench_shares_by_compute_type():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import cpu_peers
+
+    peaks = {"float32": 100e9, "bfloat16": 400e9}
+    # 20 img/s of 5 GFLOP: 100 GFLOP/s, a quarter of the bf16 peak, all of float32's.
+    assert cpu_peers.peak_share("mixed_bfloat16", 20.0, 5e9, peaks) == pytest.approx(0.25)
+    assert cpu_peers.peak_share("bf16 autocast", 20.0, 5e9, peaks) == pytest.approx(0.25)
+    assert cpu_peers.peak_share("float32", 20.0, 5e9, peaks) == pytest.approx(1.0)
+    assert cpu_peers.peak_share("float32", 20.0, 5e9, {}) is None
+
+
+def test_peer_bench_tiny():
+    r = _bench("cpu_peers.py", "--tiny", "--rows", "tf-ce")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "matmul peak float32" in r.stdout and "matmul peak bfloat16" in r.stdout
+    row = [line for line in r.stdout.splitlines() if line.startswith("tf-ce ")]
+    assert len(row) == 1 and "cross-entropy only" in row[0] and row[0].rstrip().endswith("%")
+    if not glob.glob("/dev/nvidia[0-9]*"):
+        assert "cuInit" not in r.stderr and "cuInit" not in r.stdout
