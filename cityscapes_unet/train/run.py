@@ -43,6 +43,7 @@ from cityscapes_unet.train.config import (
     validate_config,
 )
 from cityscapes_unet.train.losses import class_weights, make_loss
+from cityscapes_unet.train.metrics import training_metrics
 from cityscapes_unet.train.outputs import (
     LOCK_FILE,
     MODEL_FILE,
@@ -101,8 +102,10 @@ def build_and_compile(
 ) -> keras.Model:
     """Build the UNet of `cfg` and compile it with Adam, CE and the metrics.
 
-    The loss and metrics are Keras built-ins fed per-pixel sample weights (0
-    on ignored pixels), so the saved model loads without this project.
+    The loss and metrics are fed per-pixel sample weights (0 on ignored
+    pixels). With `--loss ce` the loss is a Keras built-in, and so are the
+    metrics outside the PyTorch backend (`train.metrics`): such a compiled
+    model loads without this project.
 
     Args:
         cfg: Resolved configuration.
@@ -135,10 +138,7 @@ def build_and_compile(
         # weighted_metrics, not metrics: Keras hands the sample weights (0 on
         # ignored pixels) only to these. Plain `metrics` would count void
         # pixels as class 0.
-        weighted_metrics=[
-            keras.metrics.CategoricalAccuracy(name="accuracy"),
-            keras.metrics.OneHotMeanIoU(num_classes=uf.NUM_CLASSES, name="mean_iou"),
-        ],
+        weighted_metrics=training_metrics(),
         jit_compile=jit_compile,
     )
     return model
