@@ -147,3 +147,15 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path, monkeypatch):
         f.write("def f():\n    from cityscapes_unet.train import run\n")
     mods = project_modules()
     assert imports_of(str(tmp_path / "bad.py"), mods) == [(f"{PACKAGE}.train.run", [], True)]
+
+
+def test_test_files_have_unique_names():
+    # The test folders are not packages, so pytest imports each test file by
+    # its base name: two files of one name in different folders break collection.
+    seen: dict[str, str] = {}
+    for folder, _, files in os.walk(os.path.join(ROOT, "tests")):
+        for f in files:
+            if f.startswith("test_") and f.endswith(".py"):
+                path = os.path.relpath(os.path.join(folder, f), ROOT)
+                assert f not in seen, f"{path} and {seen[f]} share a name"
+                seen[f] = path
