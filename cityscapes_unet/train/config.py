@@ -121,7 +121,7 @@ class TrainConfig:
     tta: str = "scales"
     logit_adjust: float = 0.3
     class_weights: str = "auto"
-    class_weight_power: float = 0.5
+    class_weight_power: float = 0.3
     loss: str = "ce_lovasz"
     xla: str = "auto"
     encoder: str = "unet"
@@ -516,6 +516,7 @@ def resume_config(cfg: TrainConfig, given: frozenset[str] | set[str]) -> tuple[T
     fields = saved_fields(saved)
     fields.setdefault("block", "plain")  # written before --block: plain conv blocks
     fields.setdefault("carve", "random")  # written before the block carve
+    fields.setdefault("class_weight_power", 0.5)  # written before the setting
     for key in sorted(given):
         mine = getattr(cfg, key)
         if key in RESUME_FREE:

@@ -98,6 +98,14 @@ def test_resume_names_a_set_only_setting_by_set(tmp_path):
         config.resume_config(cfg, {"tta"})
 
 
+def test_resume_fills_settings_an_older_config_lacks_with_their_old_values(tmp_path):
+    # A run saved before these settings trained with the values they had then.
+    (tmp_path / "config.json").write_text(json.dumps({"output_dir": str(tmp_path)}))
+    cfg, _ = config.resume_config(TrainConfig(output_dir=str(tmp_path)), set())
+    assert (cfg.block, cfg.carve, cfg.class_weight_power) == ("plain", "random", 0.5)
+    assert TrainConfig().class_weight_power != 0.5  # so the fill is what gives 0.5
+
+
 def test_bad_set_key_on_the_command_line_is_one_line(tmp_path):
     r = run_main("--set", "nope=1", "--output-dir", tmp_path / "o", cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
