@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--augment",
         type=str,
         default=None,
-        choices=["none", "flip", "full"],
+        choices=["none", "flip", "full", "mild"],
         help="training augmentation; unset: the machine's default",
     )
     p.add_argument(

@@ -31,8 +31,12 @@ from utils_func import IGNORE_ID, NUM_CLASSES
 
 #: `--augment` choices: `none`; `flip` (random horizontal flip); `full`:
 #: flip, random zoom-and-crop and photometric jitter
-#: (`tf_pipeline.augment_pair`).
-AUGMENTS = ("none", "flip", "full")
+#: (`tf_pipeline.augment_pair`); `mild`: the same, weaker.
+AUGMENTS = ("none", "flip", "full", "mild")
+
+#: Zoom-and-crop's largest factor and the photometric jitter's largest
+#: relative change of the choices that need them (tf.data only).
+ZOOM_JITTER = {"full": (1.5, 0.1), "mild": (1.2, 0.05)}
 
 #: Id of the samples that pad a batch: ignored, so they weigh nothing.
 PAD_IDS = IGNORE_ID

@@ -315,7 +315,7 @@ class PairDataset(keras.utils.PyDataset):
 
     Raises:
         ValueError: On a bad argument, or when no file can be decoded.
-        NotImplementedError: For `augment="full"` in training.
+        NotImplementedError: For `augment` `full` or `mild` in training.
     """
 
     def __init__(
@@ -333,9 +333,9 @@ class PairDataset(keras.utils.PyDataset):
         if int(image_size) < 1 or int(batch_size) < 1:
             raise ValueError(f"image_size and batch_size must be positive, got {image_size}, {batch_size}")
         mode = decode.augment_mode(augment)
-        if training and mode == "full":
+        if training and mode in decode.ZOOM_JITTER:
             raise NotImplementedError(
-                "augment='full' (zoom, crop and colour jitter) is not implemented in numpy_pipeline; "
+                f"augment={mode!r} (zoom, crop and colour jitter) is not implemented in numpy_pipeline; "
                 "use 'flip' or 'none', or tf_pipeline (TensorFlow)"
             )
         self.image_size = int(image_size)

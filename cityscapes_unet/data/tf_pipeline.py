@@ -283,8 +283,9 @@ def make_dataset(
         training: Shuffle (reshuffled each epoch) and augment when True.
         seed: Seed of the shuffle and the augmentation draws.
         augment: One of `decode.AUGMENTS` (training only): `flip`, a random
-            horizontal flip; `full`, `augment_pair`. True means `flip`,
-            False `none`.
+            horizontal flip; `full` and `mild`, `augment_pair` with the
+            strengths of `decode.ZOOM_JITTER`. True means `flip`, False
+            `none`.
         pad_to: Pad every batch to a multiple of this many samples with
             weightless ones (JAX's data parallelism splits a batch into
             equal shares; a weight of 0 keeps them out of loss and metrics).
@@ -298,7 +299,11 @@ def make_dataset(
         ds = ds.shuffle(100_000, seed=seed, reshuffle_each_iteration=True)
         mode = decode.augment_mode(augment)
         if mode != "none":
-            fn = _flip if mode == "flip" else augment_pair
+            if mode == "flip":
+                fn = _flip
+            else:
+                max_scale, jitter = decode.ZOOM_JITTER[mode]
+                fn = functools.partial(augment_pair, max_scale=max_scale, jitter=jitter)
             seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
             ds = tf.data.Dataset.zip((ds, seeds)).map(
                 lambda pair, s: fn(pair[0], pair[1], s),

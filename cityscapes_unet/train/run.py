@@ -19,6 +19,7 @@ import numpy as np
 import utils_func as uf
 from cityscapes_unet import errors, io, plots
 from cityscapes_unet.data import source as data_source
+from cityscapes_unet.data.decode import ZOOM_JITTER
 from cityscapes_unet.data.files import display_name
 from cityscapes_unet.data.source import find_data
 from cityscapes_unet.errors import FolderInUse, Interrupted, TfdsSourceError, TrainingError, UsageError
@@ -202,8 +203,10 @@ def open_data(cfg: TrainConfig, pad_to: int = 1) -> tuple[data_source.RunData, l
     train_files, val_files, val_source, skipped = find_data(
         cfg.data_dir, cfg.limit, cfg.val_split, cfg.seed, cfg.carve
     )
-    if pipeline == "numpy" and cfg.augment == "full":
-        raise UsageError("--augment full: needs the tf.data pipeline (TensorFlow); use flip or none")
+    if pipeline == "numpy" and cfg.augment in ZOOM_JITTER:
+        raise UsageError(
+            f"--augment {cfg.augment}: needs the tf.data pipeline (TensorFlow); use flip or none"
+        )
     data = data_source.from_pairs(
         train_files,
         val_files,

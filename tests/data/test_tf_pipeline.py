@@ -225,6 +225,23 @@ def test_full_augment_keeps_photo_and_ids_aligned():
     assert not np.array_equal(p.numpy(), p0.numpy())
 
 
+@pytest.mark.parametrize("mode", ["full", "mild"])
+def test_make_dataset_zooming_augments_use_their_strengths(tmp_path, monkeypatch, mode):
+    from cityscapes_unet.data import decode, tf_pipeline
+
+    seen = []
+
+    def spy(photo, ids, seed, max_scale, jitter):
+        seen.append((max_scale, jitter))
+        return photo, ids
+
+    monkeypatch.setattr(tf_pipeline, "augment_pair", spy)
+    paths = write_pairs(tmp_path, 4, size=16)
+    next(iter(tf_pipeline.make_dataset(paths, 16, 2, training=True, seed=1, augment=mode)))
+    assert seen and set(seen) == {decode.ZOOM_JITTER[mode]}
+    assert decode.ZOOM_JITTER["mild"][0] < decode.ZOOM_JITTER["full"][0]
+
+
 def test_make_dataset_full_augment_runs(tmp_path):
     from cityscapes_unet.data.tf_pipeline import make_dataset
 

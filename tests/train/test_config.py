@@ -7,6 +7,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
+from cityscapes_unet.data.decode import AUGMENTS  # noqa: E402
 from cityscapes_unet.errors import UsageError  # noqa: E402
 from cityscapes_unet.train import config  # noqa: E402
 from cityscapes_unet.train.config import TrainConfig, config_from_command_line  # noqa: E402
@@ -89,6 +90,17 @@ def test_the_flags_and_set_only_settings_cover_the_config():
     # Every help is one short line.
     for action in parser._actions:
         assert action.help and "\n" not in action.help and len(action.help) <= 90, action.dest
+
+
+def test_the_flags_choices_are_the_configs():
+    import main
+
+    parser = main.build_parser()
+    choices = {a.dest: tuple(a.choices) for a in parser._actions if a.choices}
+    assert choices["augment"] == AUGMENTS
+    assert choices["loss"] == config.LOSSES and choices["precision"] == config.PRECISIONS
+    assert choices["schedule"] == config.SCHEDULES and choices["encoder"] == config.ENCODERS
+    assert choices["xla"] == config.XLA_MODES
 
 
 def test_resume_names_a_set_only_setting_by_set(tmp_path):
