@@ -94,7 +94,7 @@ def keras_rate(kind: str, spec: dict) -> dict:
     )
     jit = resolve_xla(spec.get("xla", "auto"), False, spec["policy"], spec["bf16_units"])
     if kind == "project":
-        weights = class_weights(np.linspace(1.0, 50.0, 19))
+        weights = class_weights(np.linspace(1.0, 50.0, 19), power=cfg.class_weight_power)
         model = build_and_compile(cfg, spec["steps"], weights, jit_compile=jit)
     else:
         model = build_model(cfg)

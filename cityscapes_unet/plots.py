@@ -124,6 +124,9 @@ def plot_history(history: dict[str, Sequence[float]], output_dir: str) -> list[s
         if best is not None:
             ax.axvline(epochs[best], color="gray", ls="--", lw=1, label=f"best epoch ({epochs[best]})")
         ax.set_xlabel("epoch")
+        if len(set(epochs)) == 1:
+            # A single point leaves a span too short for whole-number ticks.
+            ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(alpha=0.3)

@@ -13,11 +13,12 @@ import numpy as np
 from keras import ops
 
 
-def class_weights(frequencies: np.ndarray, power: float = 0.5, max_weight: float = 10.0) -> np.ndarray:
+def class_weights(frequencies: np.ndarray, power: float, max_weight: float = 10.0) -> np.ndarray:
     """Per-class loss weights that lift rare classes: `f ** -power`.
 
-    Inverse square root (power 0.5) is milder than inverse frequency: a
-    class 100 times rarer than another gets 10 times its weight, not 100.
+    A power under 1 is milder than inverse frequency: with 0.5 a class 100
+    times rarer than another gets 10 times its weight, not 100. The run's
+    power is `TrainConfig.class_weight_power`.
     Weights are scaled so that their pixel-weighted mean is 1 (the loss
     keeps its scale), then clipped to `[1 / max_weight, max_weight]`.
     Classes absent from the data get `max_weight`.

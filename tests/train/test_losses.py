@@ -198,10 +198,10 @@ def test_binned_lovasz_is_exact_when_every_error_has_its_own_bin():
 
 def test_class_weights_hand_computed():
     # f**-0.5 = [sqrt2, 2, 2]; pixel-weighted mean = 0.5*sqrt2 + 0.25*2 + 0.25*2.
-    w = class_weights(np.array([0.5, 0.25, 0.25, 0.0]))
+    w = class_weights(np.array([0.5, 0.25, 0.25, 0.0]), power=0.5)
     mean = 0.5 * np.sqrt(2) + 1.0
     np.testing.assert_allclose(w, [np.sqrt(2) / mean, 2 / mean, 2 / mean, 10.0], rtol=1e-6)
     # Clipped at both ends; power 0 gives ones.
-    w = class_weights(np.array([0.999999, 1e-6]), max_weight=5)
+    w = class_weights(np.array([0.999999, 1e-6]), power=0.5, max_weight=5)
     assert w.max() == 5 and w.min() >= 0.2
     np.testing.assert_allclose(class_weights(np.array([0.7, 0.3]), power=0), [1, 1])
