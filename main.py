@@ -8,11 +8,19 @@ python main.py plot --history output/history.csv
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 
-from cityscapes_unet.startup import load_backend
+#: What Ctrl-C says before the run has begun.
+INTERRUPTED_AT_START = "interrupted while starting: nothing was written"
+
+try:
+    import argparse
+    import os
+
+    from cityscapes_unet.startup import load_backend
+except KeyboardInterrupt:  # Ctrl-C while the modules load: one line, no traceback
+    print(INTERRUPTED_AT_START, file=sys.stderr)
+    sys.exit(130)
 
 # Quiet TensorFlow's start-up chatter; a user's own setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -352,5 +360,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:  # while the libraries load, before main's own handler
-        print("interrupted while starting: nothing was written", file=sys.stderr)
+        print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.exit(130)
