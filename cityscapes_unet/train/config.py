@@ -121,7 +121,7 @@ class TrainConfig:
     tta: str = "scales"
     logit_adjust: float = 0.3
     class_weights: str = "auto"
-    class_weight_power: float = 0.3
+    class_weight_power: float = 0.2
     loss: str = "ce_lovasz"
     xla: str = "auto"
     encoder: str = "unet"
