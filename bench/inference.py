@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-import utils_func as uf
+import utils_func as uf  # noqa: E402
+from cityscapes_unet.startup import load_backend  # noqa: E402
 
 
 def latency_ms(fn, x: np.ndarray, repeats: int) -> float:
@@ -133,6 +134,7 @@ def main() -> None:
     )
     args = p.parse_args()
 
+    load_backend()  # without TensorFlow's CUDA-probe lines on a CPU machine
     import keras
 
     from cityscapes_unet.train.config import cpu_has_bf16_matmul

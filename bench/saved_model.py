@@ -24,6 +24,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cityscapes_unet.startup import load_backend  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,6 +51,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="Batch size.")
     args = parser.parse_args()
 
+    load_backend()  # without TensorFlow's CUDA-probe lines on a CPU machine
     import keras
     import numpy as np
 
