@@ -727,8 +727,9 @@ def list_outputs(run: Run) -> None:
     for p in run.curves:
         print(f"  {os.path.basename(p):18s} curve, train and validation")
     if run.panels:
+        panels = "pred_1.png" if len(run.panels) == 1 else f"pred_1..{len(run.panels)}.png"
         print(
-            f"  {f'pred_1..{len(run.panels)}.png':18s} photo | ground truth | prediction of the saved model, "
+            f"  {panels:18s} photo | ground truth | prediction of the saved model, "
             f"at {run.saved_size}x{run.saved_size}"
         )
     if cfg.progress_every:

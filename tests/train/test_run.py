@@ -163,7 +163,7 @@ def test_main_end_to_end_tiny(tiny_data, tmp_path):
     cfg = json.load(open(out / "config.json"))
     assert cfg["image_size"] == 32 and cfg["train_files"] + cfg["val_files"] == 12
     assert len(json.load(open(out / "classes.json"))) == 19
-    assert "Best validation mean IoU" in r.stdout
+    assert "Best validation mean IoU" in r.stdout and "  pred_1..2.png " in r.stdout
     model = keras.models.load_model(out / "unet_model.keras", compile=False)
     assert model.output_shape == (None, 32, 32, 19)
 
@@ -192,6 +192,7 @@ def test_main_end_to_end_tiny(tiny_data, tmp_path):
     assert r2.returncode == 0, r2.stderr[-3000:]
     (kept,) = os.listdir(out / "earlier")
     assert os.path.isfile(out / "earlier" / kept / "unet_model.keras") and "moved whole to" in r2.stdout
+    assert "  pred_1.png " in r2.stdout and "pred_1..1" not in r2.stdout
     _check_saved_at_data_size(r2, out, tmp_path)
 
 
