@@ -87,6 +87,7 @@ SET_ONLY = (
     "logit_adjust",
     "class_weights",
     "class_weight_power",
+    "lovasz_weight",
     "encoder_weights",
     "num_progress",
     "cpu_replicas",
@@ -123,6 +124,7 @@ class TrainConfig:
     class_weights: str = "auto"
     class_weight_power: float = 0.2
     loss: str = "ce_lovasz"
+    lovasz_weight: float = 1.0
     xla: str = "auto"
     encoder: str = "unet"
     encoder_weights: str = "imagenet"
@@ -411,6 +413,7 @@ CHECKS = (
     ("pipeline", *_one_of(data_source.PIPELINES)),
     ("class_weights", *_one_of(CLASS_WEIGHTS)),
     ("class_weight_power", lambda v, c: 0.0 <= v <= 1.0, "must be between 0 and 1"),
+    ("lovasz_weight", lambda v, c: v >= 0.0, "must be at least 0"),
     (
         "image_size",
         lambda v, c: v is None or (v >= stride(c.encoder)[0] and v % stride(c.encoder)[0] == 0),
@@ -517,6 +520,7 @@ def resume_config(cfg: TrainConfig, given: frozenset[str] | set[str]) -> tuple[T
     fields.setdefault("block", "plain")  # written before --block: plain conv blocks
     fields.setdefault("carve", "random")  # written before the block carve
     fields.setdefault("class_weight_power", 0.5)  # written before the setting
+    fields.setdefault("lovasz_weight", 1.0)  # written before the setting
     for key in sorted(given):
         mine = getattr(cfg, key)
         if key in RESUME_FREE:

@@ -303,7 +303,9 @@ class CrossEntropyLovasz(keras.losses.Loss):
         }
 
 
-def make_loss(class_weights: np.ndarray | None = None, kind: str = "ce") -> keras.losses.Loss:
+def make_loss(
+    class_weights: np.ndarray | None = None, kind: str = "ce", lovasz_weight: float = 1.0
+) -> keras.losses.Loss:
     """Categorical cross-entropy averaged over the labelled pixels.
 
     Ignored pixels have weight 0 (the sample weights) and an all-zero one-hot
@@ -322,6 +324,7 @@ def make_loss(class_weights: np.ndarray | None = None, kind: str = "ce") -> kera
     Args:
         class_weights: Per-class weights `(num_classes,)`, or None.
         kind: One of `LOSSES`.
+        lovasz_weight: Weight of the Lovasz term of `ce_lovasz`.
 
     Returns:
         A Keras loss.
@@ -331,7 +334,7 @@ def make_loss(class_weights: np.ndarray | None = None, kind: str = "ce") -> kera
     if kind == "ce_dice":
         return CrossEntropyDice(weights)
     if kind == "ce_lovasz":
-        return CrossEntropyLovasz(weights)
+        return CrossEntropyLovasz(weights, lovasz_weight)
     if kind == "focal":
         return keras.losses.CategoricalFocalCrossentropy(
             alpha=1.0 if weights is None else weights,

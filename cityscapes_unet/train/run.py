@@ -135,7 +135,7 @@ def build_and_compile(
         # Under mixed_float16, compile() wraps Adam in a LossScaleOptimizer
         # (dynamic loss scaling).
         optimizer=keras.optimizers.Adam(lr),
-        loss=make_loss(class_weights, cfg.loss),
+        loss=make_loss(class_weights, cfg.loss, cfg.lovasz_weight),
         # weighted_metrics, not metrics: Keras hands the sample weights (0 on
         # ignored pixels) only to these. Plain `metrics` would count void
         # pixels as class 0.
@@ -455,7 +455,9 @@ def print_configuration(run: Run) -> None:
         print(f"  {line}")
     print(f"  epochs = {cfg.epochs}, learning_rate = {cfg.learning_rate} ({cfg.schedule}), seed = {cfg.seed}")
     lovasz = (
-        " (cross-entropy plus the Lovasz-softmax surrogate of mean IoU)" if cfg.loss == "ce_lovasz" else ""
+        f" (cross-entropy plus the Lovasz-softmax surrogate of mean IoU, weighted {cfg.lovasz_weight:g})"
+        if cfg.loss == "ce_lovasz"
+        else ""
     )
     print(f"  loss = {cfg.loss}, class_weights = {cfg.class_weights}, augment = {cfg.augment}{lovasz}")
     print(f"  tta = {cfg.tta}{TTA_NOTES.get(cfg.tta, '')}, logit_adjust = {cfg.logit_adjust}")
