@@ -413,7 +413,11 @@ CHECKS = (
     ("pipeline", *_one_of(data_source.PIPELINES)),
     ("class_weights", *_one_of(CLASS_WEIGHTS)),
     ("class_weight_power", lambda v, c: 0.0 <= v <= 1.0, "must be between 0 and 1"),
-    ("lovasz_weight", lambda v, c: v >= 0.0, "must be at least 0"),
+    (
+        "lovasz_weight",
+        lambda v, c: v >= 0.0 and (v == 1.0 or c.loss == "ce_lovasz"),
+        "must be at least 0, and other than 1 only with --loss ce_lovasz",
+    ),
     (
         "image_size",
         lambda v, c: v is None or (v >= stride(c.encoder)[0] and v % stride(c.encoder)[0] == 0),

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from cityscapes_unet.train.losses import CrossEntropyDice, class_weights
+from cityscapes_unet.train.losses import CrossEntropyDice, class_weights, make_loss
 
 
 def _onehot(ids, c=3):
@@ -150,8 +150,6 @@ def test_lovasz_matches_definition_and_ignores_void():
     got = float(CrossEntropyLovasz(stride=1, bins=None)(y, p, sample_weight=w))
     assert got == pytest.approx(expected, rel=1e-5)
     # `lovasz_weight` (the run's setting, through make_loss) scales the term alone.
-    from cityscapes_unet.train.losses import make_loss
-
     loss = make_loss(None, "ce_lovasz", lovasz_weight=2.5)
     assert loss.lovasz_weight == 2.5
     expected = ce[w > 0].mean() + 2.5 * float(lovasz_softmax(y, p, bins=loss.bins))

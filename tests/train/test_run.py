@@ -276,6 +276,10 @@ def test_main_skips_bad_files_and_goes_on(tiny_data, tmp_path):
         (["--image-size", "100"], "--image-size 100"),
         (["--batch-size", "0"], "--batch-size 0"),
         (["--set", "val_split=1.5"], "--set val_split=1.5: must be between 0 and 1"),
+        (
+            ["--set", "lovasz_weight=2", "--loss", "ce"],
+            "--set lovasz_weight=2.0: must be at least 0, and other",
+        ),
         (["--data-dir", "/nonexistent/folder"], "--data-dir /nonexistent/folder: folder not found"),
     ],
 )
