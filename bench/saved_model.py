@@ -77,6 +77,8 @@ def main() -> None:
     # The saved model wraps the trained core; the core has the weights.
     core = next((layer for layer in saved.layers if isinstance(layer, keras.Model)), saved)
     size, source = int(cfg["image_size"]), int(saved.input_shape[1])
+    # The size of the last epochs, where the run switched to one (`size_phases`).
+    final = int(cfg.get("final_size") or 0) if int(cfg["epochs"]) > 1 else 0
     # The saved core holds the run's own adjustment in its head's bias
     # (none for runs from before `logit_adjust`): each option's is
     # applied relative to it.
@@ -98,7 +100,7 @@ def main() -> None:
         bias = None
         if weights is not None and alpha != saved_alpha:
             bias = -(alpha - saved_alpha) * np.log(np.asarray(weights, np.float64))
-        sizes = tta_sizes(size, 2 if tta == "scales" else 1, 2**DEPTH)
+        sizes = tta_sizes(size, 2 if tta == "scales" else 1, 2**DEPTH, final)
         model = inference_model(core, source, flip=tta != "none", sizes=sizes, logit_bias=bias)
         start = time.perf_counter()
         cm, _ = evaluate_files(model, files, args.batch_size)

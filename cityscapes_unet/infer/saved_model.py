@@ -117,7 +117,7 @@ def with_logit_bias(core: keras.Model, bias) -> keras.Model:
     return copy
 
 
-def tta_sizes(size: int, scales: int, step: int = 16) -> tuple[int, ...]:
+def tta_sizes(size: int, scales: int, step: int = 16, final: int = 0) -> tuple[int, ...]:
     """Input sizes for test-time augmentation over scales.
 
     Args:
@@ -125,10 +125,16 @@ def tta_sizes(size: int, scales: int, step: int = 16) -> tuple[int, ...]:
         scales: How many sizes: 1 for `size` alone, 2 adds one about a sixth
             larger (112 for 96), rounded up to a multiple of `step`.
         step: The network's total down-sampling factor.
+        final: The size of the last epochs (`final_size`) when larger than
+            `size`, else 0. Then the sizes are `final`, and with 2 scales
+            the size midway between the two (rounded down to a multiple of
+            `step`): 128 and 112 for 96 and 128.
 
     Returns:
-        The sizes, the training size first.
+        The sizes, the (last) training size first.
     """
+    if final > size:
+        return (final,) if scales == 1 else (final, (size + final) // 2 // step * step)
     extra = [-(-round(size * (1 + k / 6)) // step) * step for k in range(1, scales)]
     return (size, *extra)
 
@@ -269,21 +275,23 @@ def inference_model(
 
     A float32 copy (`float32_copy`) of `at_source_size` over the core, with
     `logit_bias` folded into its head (`with_logit_bias`) and, for several
-    `sizes`, a core that takes any size (`any_size_copy`). The training
+    `sizes` or one other than S, a core that takes any size
+    (`any_size_copy`). The training
     model itself is left as it is.
 
     Args:
         core: The trained model, `(batch, S, S, 3)` -> `(batch, S, S, C)`.
         source_size: Side of the data's photos and labels.
         flip: Average in the scores of the mirrored photo.
-        sizes: Sizes to run the core at, S first; S alone when None.
+        sizes: Sizes to run the core at, the last training size first; S
+            alone when None.
         logit_bias: `(C,)` values added to the core's logits, or None.
 
     Returns:
         An uncompiled `keras.Model` `(batch, source_size, source_size, 3)` ->
         `(batch, source_size, source_size, C)`.
     """
-    if sizes and len(sizes) > 1:
+    if sizes and (len(sizes) > 1 or sizes[0] != core.input_shape[1]):
         core = any_size_copy(core)
     if logit_bias is not None:
         core = with_logit_bias(core, logit_bias)

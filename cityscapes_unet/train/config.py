@@ -57,19 +57,41 @@ DEPTH = 4  # down-sampling levels of the UNet
 # steps learn more in a short run than bigger batches. Such short runs
 # underfit, so they go without the flip; a GPU's longer runs keep it. Wider
 # levels buy more than extra resolution at the same cost, and bf16 matrix
-# units pay for wider levels and residual blocks. A GPU takes the classic
-# UNet at the data's full size. Measurements: docs/experiments.md.
+# units pay for wider levels and residual blocks, and for the last epochs at
+# a larger size (`final_size`; 0: one size throughout). A GPU takes the
+# classic UNet at the data's full size. Measurements: docs/experiments.md.
 MACHINE_DEFAULTS = {
     "cpu": (
-        {"image_size": 96, "base_filters": 16, "batch_size": 8, "augment": "none", "block": "plain"},
+        {
+            "image_size": 96,
+            "final_size": 0,
+            "base_filters": 16,
+            "batch_size": 8,
+            "augment": "none",
+            "block": "plain",
+        },
         "small enough for a short CPU run, which underfits: no flip",
     ),
     "cpu_bf16": (
-        {"image_size": 96, "base_filters": 24, "batch_size": 8, "augment": "none", "block": "residual"},
-        "bf16 matrix units afford wider levels and residual blocks in the same time",
+        {
+            "image_size": 96,
+            "final_size": 128,
+            "base_filters": 24,
+            "batch_size": 8,
+            "augment": "none",
+            "block": "residual",
+        },
+        "bf16 matrix units afford wider levels, residual blocks and larger last epochs",
     ),
     "gpu": (
-        {"image_size": 256, "base_filters": 64, "batch_size": 16, "augment": "flip", "block": "plain"},
+        {
+            "image_size": 256,
+            "final_size": 0,
+            "base_filters": 64,
+            "batch_size": 16,
+            "augment": "flip",
+            "block": "plain",
+        },
         "the classic UNet at the data's full size, with the flip for longer runs",
     ),
 }
@@ -78,6 +100,8 @@ MACHINE_DEFAULTS = {
 #: Fields without a flag of their own: given as `--set KEY=VALUE` (or in a
 #: `--config` file). Messages about them name them that way (`flag_text`).
 SET_ONLY = (
+    "final_size",
+    "final_epochs",
     "warmup_epochs",
     "early_stop",
     "val_split",
@@ -108,6 +132,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int | None = None
     image_size: int | None = None
+    final_size: int | None = None
+    final_epochs: int = 2
     base_filters: int | None = None
     learning_rate: float = 3e-3
     schedule: str = "cosine"
@@ -423,7 +449,33 @@ CHECKS = (
         lambda v, c: v is None or (v >= stride(c.encoder)[0] and v % stride(c.encoder)[0] == 0),
         lambda c: "must be a positive multiple of {} ({})".format(*stride(c.encoder)),
     ),
+    (
+        "final_size",
+        lambda v, c: v is None or v == 0 or (v > 0 and v % stride(c.encoder)[0] == 0),
+        lambda c: "must be 0 (off) or a positive multiple of {} ({})".format(*stride(c.encoder)),
+    ),
+    ("final_epochs", _at_least(1), "must be at least 1"),
 )
+
+
+def size_phases(cfg: TrainConfig) -> list[tuple[int, int, int]]:
+    """The input size of each part of a resolved run, in order.
+
+    With `final_size` above `image_size`, the last `final_epochs` epochs
+    (never the first) train and validate at `final_size`: most epochs at
+    the cheap size, and the network's last steps at the finer one.
+
+    Args:
+        cfg: Resolved configuration.
+
+    Returns:
+        `[(size, first_epoch, end_epoch), ...]`, epochs counted from 0,
+        `end_epoch` exclusive; one part when there is no final size.
+    """
+    if cfg.final_size and cfg.final_size > cfg.image_size and cfg.epochs > 1:
+        switch = max(1, cfg.epochs - cfg.final_epochs)
+        return [(cfg.image_size, 0, switch), (cfg.final_size, switch, cfg.epochs)]
+    return [(cfg.image_size, 0, cfg.epochs)]
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -471,6 +523,10 @@ def resolve_config(cfg: TrainConfig, on_gpu: bool) -> tuple[TrainConfig, str, li
             notes["image_size"] = f"the {kind} default rounded up to a multiple of 32 for {cfg.encoder}"
         notes["base_filters"] = f"not used by the {cfg.encoder} UNet: its decoder widths are fixed"
         notes["block"] = f"not used by the {cfg.encoder} UNet: its decoder has plain conv blocks"
+    if cfg.image_size is not None or cfg.encoder != "unet":
+        # The final size belongs with the default size it follows.
+        defaults = {**defaults, "final_size": 0}
+        notes["final_size"] = "one size throughout: --image-size or --encoder given"
     reasons = [f"machine = {kind} ({why})"]
     changes = {}
     for key, value in defaults.items():
@@ -525,6 +581,7 @@ def resume_config(cfg: TrainConfig, given: frozenset[str] | set[str]) -> tuple[T
     fields.setdefault("carve", "random")  # written before the block carve
     fields.setdefault("class_weight_power", 0.5)  # written before the setting
     fields.setdefault("lovasz_weight", 1.0)  # written before the setting
+    fields.setdefault("final_size", 0)  # written before the setting: one size throughout
     for key in sorted(given):
         mine = getattr(cfg, key)
         if key in RESUME_FREE:

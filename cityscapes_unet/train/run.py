@@ -40,6 +40,7 @@ from cityscapes_unet.train.config import (
     resolve_config,
     resolve_xla,
     resume_config,
+    size_phases,
     stride,
     validate_config,
 )
@@ -454,6 +455,9 @@ def print_configuration(run: Run) -> None:
     for line in run.reasons:
         print(f"  {line}")
     print(f"  epochs = {cfg.epochs}, learning_rate = {cfg.learning_rate} ({cfg.schedule}), seed = {cfg.seed}")
+    for size, first, end in size_phases(cfg)[1:]:
+        span = f"epoch {end}" if end == first + 1 else f"epochs {first + 1}-{end}"
+        print(f"  {span} at {size}x{size} (final_size = {size}, final_epochs = {cfg.final_epochs})")
     lovasz = (
         f" (cross-entropy plus the Lovasz-softmax surrogate of mean IoU, weighted {cfg.lovasz_weight:g})"
         if cfg.loss == "ce_lovasz"
@@ -498,17 +502,22 @@ def prepare_training(run: Run) -> None:
         run.weights = class_weights(freq, power=cfg.class_weight_power)
         print(f"Decoded {data.n_train} training samples in {time.perf_counter() - t0:.0f} s; class weights:")
         print("  " + ", ".join(f"{c.name} {w:.2f}" for c, w in zip(uf.CLASSES, run.weights, strict=True)))
-    run.train_ds, run.val_ds = data.train, data.val
-    if run.dist.mode == "multiworker":
-        if data.pipeline != "tf":
-            raise UsageError("--distribute multiworker: needs the tf.data pipeline (--pipeline tf)")
-        import tensorflow as tf
+    run.train_ds, run.val_ds = for_workers(run, data)
 
-        # Every worker reads the same seeded data and keeps its share of
-        # each batch (the files are not split: they are read by tf.io).
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        run.train_ds, run.val_ds = run.train_ds.with_options(options), run.val_ds.with_options(options)
+
+def for_workers(run: Run, data: data_source.RunData) -> tuple[object, object]:
+    """The training and validation datasets of `data`, sharded when several workers train."""
+    if run.dist.mode != "multiworker":
+        return data.train, data.val
+    if data.pipeline != "tf":
+        raise UsageError("--distribute multiworker: needs the tf.data pipeline (--pipeline tf)")
+    import tensorflow as tf
+
+    # Every worker reads the same seeded data and keeps its share of
+    # each batch (the files are not split: they are read by tf.io).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return data.train.with_options(options), data.val.with_options(options)
 
 
 def build_or_restore_model(run: Run) -> None:
@@ -565,7 +574,12 @@ def write_run_files(run: Run) -> None:
     print(f"Model: {run.model.count_params():,} parameters; architecture in {run.arch}")
 
 
-def saved_model_maker(run: Run):
+def size_of_epoch(cfg: TrainConfig, epoch: int) -> int:
+    """The input size epoch `epoch` (0-based) trains and validates at (`size_phases`)."""
+    return next(size for size, first, end in size_phases(cfg) if first <= epoch < end or end == cfg.epochs)
+
+
+def saved_model_maker(run: Run, size: int):
     """The function that turns the trained model into the file a user gets.
 
     Always a fresh, uncompiled model over the trained layers: at the data's
@@ -575,11 +589,13 @@ def saved_model_maker(run: Run):
     With `tta` flip it also averages in the mirrored photo's scores, with
     `scales` those of both at a second, larger size as well. With class
     weights, `logit_adjust` divides weights**alpha back out of the saved
-    model's odds (`with_logit_bias`).
+    model's odds (`with_logit_bias`). Once `size_phases` has switched to a
+    final `size`, the network runs at that size (`tta_sizes`).
     """
     cfg = run.cfg
     flip = cfg.tta in ("flip", "scales")
-    sizes = tta_sizes(cfg.image_size, 2 if cfg.tta == "scales" else 1, stride(cfg.encoder)[0])
+    final = size if size > cfg.image_size else 0
+    sizes = tta_sizes(cfg.image_size, 2 if cfg.tta == "scales" else 1, stride(cfg.encoder)[0], final)
     bias = None
     if run.weights is not None and cfg.logit_adjust:
         bias = -cfg.logit_adjust * np.log(np.asarray(run.weights, np.float64))
@@ -597,7 +613,9 @@ def saved_model_maker(run: Run):
 def make_callbacks(run: Run) -> list[keras.callbacks.Callback]:
     """The run's callbacks, in order; restored to the resumed epoch when resuming."""
     cfg = run.cfg
-    run.checkpoint = BestModelCheckpoint(run.out(MODEL_FILE), to_save=saved_model_maker(run))
+    # A resumed run's last epoch may still need its save (`catch_up`).
+    size = size_of_epoch(cfg, max(0, run.initial_epoch - 1))
+    run.checkpoint = BestModelCheckpoint(run.out(MODEL_FILE), to_save=saved_model_maker(run, size))
     run.history = HistoryCSV(run.out("history.csv"))
     run.non_finite = StopOnNonFinite()
     if run.resume:
@@ -635,16 +653,9 @@ def fit(run: Run, callbacks: list[keras.callbacks.Callback]) -> None:
     """
     cfg, checkpoint = run.cfg, run.checkpoint
     try:
-        run.model.fit(
-            run.train_ds,
-            validation_data=run.val_ds,
-            epochs=cfg.epochs,
-            initial_epoch=run.initial_epoch,
-            callbacks=callbacks,
-            # The datasets shuffle themselves (seeded).
-            shuffle=False,
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
+        for size, first, end in size_phases(cfg):
+            if end > run.initial_epoch and not run.model.stop_training:
+                fit_at_size(run, callbacks, size, max(first, run.initial_epoch), end)
     except KeyboardInterrupt:
         raise Interrupted(interrupted_message(cfg.output_dir, checkpoint)) from None
     run.curves = plots.plot_history(run.history.columns(), cfg.output_dir)
@@ -664,6 +675,29 @@ def fit(run: Run, callbacks: list[keras.callbacks.Callback]) -> None:
             f"Stopped early after epoch {run.early.stopped_epoch + 1}: validation mean IoU had not risen "
             f"for {cfg.early_stop} epochs"
         )
+
+
+def fit_at_size(run: Run, callbacks: list[keras.callbacks.Callback], size: int, first: int, end: int) -> None:
+    """Train epochs `first` to `end` (0-based, exclusive) on photos of `size`x`size`."""
+    cfg = run.cfg
+    train, val = run.train_ds, run.val_ds
+    if size != cfg.image_size:
+        data, _ = open_data(dataclasses.replace(cfg, image_size=size), run.pad_to)
+        train, val = for_workers(run, data)
+        # Its layers take any size; only the input's shape check names the first.
+        run.model.input_spec = None
+        print(f"From epoch {first + 1}: training and validating at {size}x{size}")
+        run.checkpoint.to_save = saved_model_maker(run, size)
+    run.model.fit(
+        train,
+        validation_data=val,
+        epochs=end,
+        initial_epoch=first,
+        callbacks=callbacks,
+        # The datasets shuffle themselves (seeded).
+        shuffle=False,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
 
 
 def draw_predictions(run: Run) -> None:
@@ -700,10 +734,11 @@ def report(run: Run) -> dict:
     }
     print(f"\nDone in {elapsed / 60:.1f} min. Outputs in {cfg.output_dir}/:")
     if summary["model"]:
+        size = size_of_epoch(cfg, checkpoint.best_epoch)
         at = (
             ""
-            if run.saved_size == cfg.image_size
-            else f" at {cfg.image_size}x{cfg.image_size}; it works at {run.saved_size}x{run.saved_size}"
+            if run.saved_size == size
+            else f" at {size}x{size}; it works at {run.saved_size}x{run.saved_size}"
         )
         print(
             f"  {MODEL_FILE:18s} best model (epoch {summary['best_epoch']}, val mean IoU {checkpoint.best:.4f}{at})"

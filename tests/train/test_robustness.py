@@ -32,7 +32,9 @@ def _start_main(*args):
 
 
 def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path):
-    flags = ("--data-dir", tiny_data, "--epochs", 4, *TINY, "--num-preds", 0, "--schedule", "cosine")
+    # The last epoch at a larger size: the resumed run switches too.
+    final = ("--set", "final_size=48", "--set", "final_epochs=1")
+    flags = ("--data-dir", tiny_data, "--epochs", 4, *TINY, "--num-preds", 0, "--schedule", "cosine", *final)
     # The same run, uninterrupted, for comparison.
     ref = tmp_path / "ref"
     r = run_main(*flags, "--output-dir", ref)
@@ -68,6 +70,7 @@ def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path):
     r = run_main("--output-dir", out, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"Resuming {out} after epoch {done} of 4" in r.stdout
+    assert "From epoch 4: training and validating at 48x48" in r.stdout
     rows = _history(out)
     assert [row["epoch"] for row in rows] == [str(e) for e in range(4)]
     # The optimizer's step count came back: the learning rate goes on along
