@@ -681,12 +681,15 @@ def fit_at_size(run: Run, callbacks: list[keras.callbacks.Callback], size: int, 
     """Train epochs `first` to `end` (0-based, exclusive) on photos of `size`x`size`."""
     cfg = run.cfg
     train, val = run.train_ds, run.val_ds
+    if len(size_phases(cfg)) > 1:
+        # Keras counts the epochs of each part: say where they sit in the run.
+        span = f"Epoch {end}" if end == first + 1 else f"Epochs {first + 1}-{end}"
+        print(f"{span} of {cfg.epochs}: training and validating at {size}x{size}")
     if size != cfg.image_size:
         data, _ = open_data(dataclasses.replace(cfg, image_size=size), run.pad_to)
         train, val = for_workers(run, data)
         # Its layers take any size; only the input's shape check names the first.
         run.model.input_spec = None
-        print(f"From epoch {first + 1}: training and validating at {size}x{size}")
         run.checkpoint.to_save = saved_model_maker(run, size)
     run.model.fit(
         train,

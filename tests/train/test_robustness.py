@@ -70,7 +70,7 @@ def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path):
     r = run_main("--output-dir", out, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"Resuming {out} after epoch {done} of 4" in r.stdout
-    assert "From epoch 4: training and validating at 48x48" in r.stdout
+    assert "Epoch 4 of 4: training and validating at 48x48" in r.stdout
     rows = _history(out)
     assert [row["epoch"] for row in rows] == [str(e) for e in range(4)]
     # The optimizer's step count came back: the learning rate goes on along

@@ -257,7 +257,8 @@ def test_main_trains_the_last_epoch_at_the_final_size(tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "epoch 2 at 48x48 (final_size = 48, final_epochs = 2)" in r.stdout
-    assert "From epoch 2: training and validating at 48x48" in r.stdout
+    assert "Epoch 1 of 2: training and validating at 32x32" in r.stdout
+    assert "Epoch 2 of 2: training and validating at 48x48" in r.stdout
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [row["epoch"] for row in rows] == ["0", "1"]
