@@ -576,7 +576,7 @@ def write_run_files(run: Run) -> None:
 
 def size_of_epoch(cfg: TrainConfig, epoch: int) -> int:
     """The input size epoch `epoch` (0-based) trains and validates at (`size_phases`)."""
-    return next(size for size, first, end in size_phases(cfg) if first <= epoch < end or end == cfg.epochs)
+    return next(size for size, first, end in size_phases(cfg) if first <= epoch < end)
 
 
 def saved_model_maker(run: Run, size: int):
