@@ -59,7 +59,7 @@ def main() -> None:
     from cityscapes_unet.infer.evaluate import evaluate_files
     from cityscapes_unet.infer.metrics import scores
     from cityscapes_unet.infer.saved_model import inference_model, tta_sizes
-    from cityscapes_unet.train.config import DEPTH, TTAS
+    from cityscapes_unet.train.config import DEPTH, TTAS, TrainConfig, saved_fields, size_phases
 
     options = []
     for spec in args.options.split(","):
@@ -77,8 +77,8 @@ def main() -> None:
     # The saved model wraps the trained core; the core has the weights.
     core = next((layer for layer in saved.layers if isinstance(layer, keras.Model)), saved)
     size, source = int(cfg["image_size"]), int(saved.input_shape[1])
-    # The size of the last epochs, where the run switched to one (`size_phases`).
-    final = int(cfg.get("final_size") or 0) if int(cfg["epochs"]) > 1 else 0
+    # The size of the run's last epochs (`final_size`), as the saved model has it.
+    final = size_phases(TrainConfig(**saved_fields(cfg)))[-1][0]
     # The saved core holds the run's own adjustment in its head's bias
     # (none for runs from before `logit_adjust`): each option's is
     # applied relative to it.

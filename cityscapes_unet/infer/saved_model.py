@@ -125,10 +125,10 @@ def tta_sizes(size: int, scales: int, step: int = 16, final: int = 0) -> tuple[i
         scales: How many sizes: 1 for `size` alone, 2 adds one about a sixth
             larger (112 for 96), rounded up to a multiple of `step`.
         step: The network's total down-sampling factor.
-        final: The size of the last epochs (`final_size`) when larger than
-            `size`, else 0. Then the sizes are `final`, and with 2 scales
-            the size midway between the two (rounded down to a multiple of
-            `step`): 128 and 112 for 96 and 128.
+        final: The size of the last epochs (`final_size`); ignored unless
+            larger than `size`. Then the sizes are `final`, and with 2
+            scales the size midway between the two (rounded down to a
+            multiple of `step`): 128 and 112 for 96 and 128.
 
     Returns:
         The sizes, the (last) training size first.

@@ -594,8 +594,7 @@ def saved_model_maker(run: Run, size: int):
     """
     cfg = run.cfg
     flip = cfg.tta in ("flip", "scales")
-    final = size if size > cfg.image_size else 0
-    sizes = tta_sizes(cfg.image_size, 2 if cfg.tta == "scales" else 1, stride(cfg.encoder)[0], final)
+    sizes = tta_sizes(cfg.image_size, 2 if cfg.tta == "scales" else 1, stride(cfg.encoder)[0], size)
     bias = None
     if run.weights is not None and cfg.logit_adjust:
         bias = -cfg.logit_adjust * np.log(np.asarray(run.weights, np.float64))
