@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="main.py",
         description="Train a UNet on the Cityscapes image pairs (photo | colour label JPEGs).",
         epilog="Settings without a flag, for --set KEY=VALUE (any field of config.json works): "
-        "final_size, final_epochs, warmup_epochs, early_stop, val_split, carve, block, tta, logit_adjust, "
-        "class_weights, class_weight_power, "
+        "first_size, first_epochs, final_size, final_epochs, warmup_epochs, early_stop, val_split, carve, "
+        "block, tta, logit_adjust, class_weights, class_weight_power, "
         "lovasz_weight, encoder_weights, num_progress, cpu_replicas, tfds_data_dir, tfds_manual_dir. "
         "Other commands: 'python main.py evaluate --help' (score a model), "
         "'python main.py predict --help' (segment photos), "

@@ -58,12 +58,14 @@ DEPTH = 4  # down-sampling levels of the UNet
 # underfit, so they go without the flip; a GPU's longer runs keep it. Wider
 # levels buy more than extra resolution at the same cost, and bf16 matrix
 # units pay for wider levels and residual blocks, and for the last epochs at
-# a larger size (`final_size`; 0: one size throughout). A GPU takes the
+# a larger size (`final_size`), bought back in part by the first epochs at a
+# smaller one (`first_size`; 0: one size throughout). A GPU takes the
 # classic UNet at the data's full size. Measurements: docs/experiments.md.
 MACHINE_DEFAULTS = {
     "cpu": (
         {
             "image_size": 96,
+            "first_size": 0,
             "final_size": 0,
             "base_filters": 16,
             "batch_size": 8,
@@ -75,6 +77,7 @@ MACHINE_DEFAULTS = {
     "cpu_bf16": (
         {
             "image_size": 96,
+            "first_size": 80,
             "final_size": 128,
             "base_filters": 24,
             "batch_size": 8,
@@ -86,6 +89,7 @@ MACHINE_DEFAULTS = {
     "gpu": (
         {
             "image_size": 256,
+            "first_size": 0,
             "final_size": 0,
             "base_filters": 64,
             "batch_size": 16,
@@ -100,6 +104,8 @@ MACHINE_DEFAULTS = {
 #: Fields without a flag of their own: given as `--set KEY=VALUE` (or in a
 #: `--config` file). Messages about them name them that way (`flag_text`).
 SET_ONLY = (
+    "first_size",
+    "first_epochs",
     "final_size",
     "final_epochs",
     "warmup_epochs",
@@ -132,8 +138,10 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int | None = None
     image_size: int | None = None
+    first_size: int | None = None
+    first_epochs: int = 4
     final_size: int | None = None
-    final_epochs: int = 2
+    final_epochs: int = 4
     base_filters: int | None = None
     learning_rate: float = 3e-3
     schedule: str = "cosine"
@@ -449,11 +457,15 @@ CHECKS = (
         lambda v, c: v is None or (v >= stride(c.encoder)[0] and v % stride(c.encoder)[0] == 0),
         lambda c: "must be a positive multiple of {} ({})".format(*stride(c.encoder)),
     ),
-    (
-        "final_size",
-        lambda v, c: v is None or v == 0 or (v > 0 and v % stride(c.encoder)[0] == 0),
-        lambda c: "must be 0 (off) or a positive multiple of {} ({})".format(*stride(c.encoder)),
+    *(
+        (
+            field,
+            lambda v, c: v is None or v == 0 or (v > 0 and v % stride(c.encoder)[0] == 0),
+            lambda c: "must be 0 (off) or a positive multiple of {} ({})".format(*stride(c.encoder)),
+        )
+        for field in ("first_size", "final_size")
     ),
+    ("first_epochs", _at_least(1), "must be at least 1"),
     ("final_epochs", _at_least(1), "must be at least 1"),
 )
 
@@ -462,20 +474,31 @@ def size_phases(cfg: TrainConfig) -> list[tuple[int, int, int]]:
     """The input size of each part of a resolved run, in order.
 
     With `final_size` above `image_size`, the last `final_epochs` epochs
-    (never the first) train and validate at `final_size`: most epochs at
-    the cheap size, and the network's last steps at the finer one.
+    (never the first) train and validate at `final_size`; with `first_size`
+    below it, the first `first_epochs` epochs (never the last) at
+    `first_size`: coarse shapes cheaply first, the network's last steps at
+    the finer size, most epochs at `image_size` in between.
 
     Args:
         cfg: Resolved configuration.
 
     Returns:
         `[(size, first_epoch, end_epoch), ...]`, epochs counted from 0,
-        `end_epoch` exclusive; one part when there is no final size.
+        `end_epoch` exclusive, parts without epochs left out; one part
+        when there is neither a first nor a final size.
     """
-    if cfg.final_size and cfg.final_size > cfg.image_size and cfg.epochs > 1:
+    switch = cfg.epochs
+    if cfg.final_size and cfg.final_size > cfg.image_size:
         switch = max(1, cfg.epochs - cfg.final_epochs)
-        return [(cfg.image_size, 0, switch), (cfg.final_size, switch, cfg.epochs)]
-    return [(cfg.image_size, 0, cfg.epochs)]
+    start = 0
+    if cfg.first_size and cfg.first_size < cfg.image_size:
+        start = min(cfg.first_epochs, switch, cfg.epochs - 1)
+    parts = [
+        (cfg.first_size, 0, start),
+        (cfg.image_size, start, switch),
+        (cfg.final_size, switch, cfg.epochs),
+    ]
+    return [part for part in parts if part[2] > part[1]]
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -524,9 +547,10 @@ def resolve_config(cfg: TrainConfig, on_gpu: bool) -> tuple[TrainConfig, str, li
         notes["base_filters"] = f"not used by the {cfg.encoder} UNet: its decoder widths are fixed"
         notes["block"] = f"not used by the {cfg.encoder} UNet: its decoder has plain conv blocks"
     if cfg.image_size is not None or cfg.encoder != "unet":
-        # The final size belongs with the default size it follows.
-        defaults = {**defaults, "final_size": 0}
-        notes["final_size"] = "one size throughout: --image-size or --encoder given"
+        # The first and final sizes belong with the default size they surround.
+        defaults = {**defaults, "first_size": 0, "final_size": 0}
+        for key in ("first_size", "final_size"):
+            notes[key] = "one size throughout: --image-size or --encoder given"
     reasons = [f"machine = {kind} ({why})"]
     changes = {}
     for key, value in defaults.items():
@@ -582,6 +606,7 @@ def resume_config(cfg: TrainConfig, given: frozenset[str] | set[str]) -> tuple[T
     fields.setdefault("class_weight_power", 0.5)  # written before the setting
     fields.setdefault("lovasz_weight", 1.0)  # written before the setting
     fields.setdefault("final_size", 0)  # written before the setting: one size throughout
+    fields.setdefault("first_size", 0)  # written before the setting: no smaller first epochs
     for key in sorted(given):
         mine = getattr(cfg, key)
         if key in RESUME_FREE:

@@ -455,9 +455,12 @@ def print_configuration(run: Run) -> None:
     for line in run.reasons:
         print(f"  {line}")
     print(f"  epochs = {cfg.epochs}, learning_rate = {cfg.learning_rate} ({cfg.schedule}), seed = {cfg.seed}")
-    for size, first, end in size_phases(cfg)[1:]:
-        span = f"epoch {end}" if end == first + 1 else f"epochs {first + 1}-{end}"
-        print(f"  {span} at {size}x{size} (final_size = {size}, final_epochs = {cfg.final_epochs})")
+    for size, first, end in size_phases(cfg):
+        if size != cfg.image_size:
+            part = "first" if size < cfg.image_size else "final"
+            span = f"epoch {end}" if end == first + 1 else f"epochs {first + 1}-{end}"
+            count = getattr(cfg, f"{part}_epochs")
+            print(f"  {span} at {size}x{size} ({part}_size = {size}, {part}_epochs = {count})")
     lovasz = (
         f" (cross-entropy plus the Lovasz-softmax surrogate of mean IoU, weighted {cfg.lovasz_weight:g})"
         if cfg.loss == "ce_lovasz"
@@ -689,6 +692,7 @@ def fit_at_size(run: Run, callbacks: list[keras.callbacks.Callback], size: int, 
         train, val = for_workers(run, data)
         # Its layers take any size; only the input's shape check names the first.
         run.model.input_spec = None
+    if size > cfg.image_size:
         run.checkpoint.to_save = saved_model_maker(run, size)
     run.model.fit(
         train,

@@ -74,6 +74,12 @@ def test_checks_name_set_only_settings_by_set():
             "--set final_size=100: must be 0 (off) or a positive multiple of 16 (2^4 down-sampling levels)",
         ),
         ("final_epochs", 0, "--set final_epochs=0: must be at least 1"),
+        (
+            "first_size",
+            40,
+            "--set first_size=40: must be 0 (off) or a positive multiple of 16 (2^4 down-sampling levels)",
+        ),
+        ("first_epochs", 0, "--set first_epochs=0: must be at least 1"),
     ]:
         with pytest.raises(UsageError) as e:
             config.validate_config(TrainConfig(**{field: value}))
@@ -83,30 +89,53 @@ def test_checks_name_set_only_settings_by_set():
 
 def test_size_phases_switch_for_the_last_epochs_only():
     def phases(**given):
-        return config.size_phases(TrainConfig(**{"image_size": 96, "final_size": 128, "epochs": 10, **given}))
+        fields = {"image_size": 96, "first_size": 0, "final_size": 128, "epochs": 10, "final_epochs": 2}
+        return config.size_phases(TrainConfig(**{**fields, **given}))
 
     assert phases() == [(96, 0, 8), (128, 8, 10)]
     assert phases(final_epochs=3) == [(96, 0, 7), (128, 7, 10)]
     assert phases(epochs=2, final_epochs=5) == [(96, 0, 1), (128, 1, 2)]  # never the first epoch
     assert phases(epochs=1) == [(96, 0, 1)]
     assert phases(final_size=0) == phases(final_size=96) == [(96, 0, 10)]  # off, or not larger
-    cfg = TrainConfig(image_size=96, final_size=128, epochs=10)
+    cfg = TrainConfig(image_size=96, first_size=0, final_size=128, epochs=10, final_epochs=2)
     assert [run.size_of_epoch(cfg, e) for e in range(10)] == [96] * 8 + [128] * 2
+
+
+def test_size_phases_with_smaller_first_epochs():
+    def phases(**given):
+        fields = {"image_size": 96, "first_size": 80, "final_size": 128, "epochs": 10}
+        return config.size_phases(TrainConfig(**{**fields, **given}))
+
+    assert TrainConfig().first_epochs == TrainConfig().final_epochs == 4
+    assert phases() == [(80, 0, 4), (96, 4, 6), (128, 6, 10)]
+    assert phases(final_size=0) == [(80, 0, 4), (96, 4, 10)]
+    assert phases(first_epochs=6) == [(80, 0, 6), (128, 6, 10)]  # nothing left at 96
+    assert phases(first_epochs=9) == [(80, 0, 6), (128, 6, 10)]  # the final epochs keep theirs
+    assert phases(final_size=0, epochs=3, first_epochs=5) == [(80, 0, 2), (96, 2, 3)]  # never the last
+    assert phases(epochs=1) == [(96, 0, 1)]
+    assert phases(first_size=0) == phases(first_size=96) == [(96, 0, 6), (128, 6, 10)]  # off, or not smaller
+    cfg = TrainConfig(image_size=96, first_size=80, final_size=128, epochs=10)
+    assert [run.size_of_epoch(cfg, e) for e in range(10)] == [80] * 4 + [96] * 2 + [128] * 4
 
 
 def test_the_machines_final_size_comes_with_its_image_size(monkeypatch):
     monkeypatch.setattr(config, "cpu_has_bf16_matmul", lambda: True)
     bf16 = {"precision": "mixed_bfloat16"}
     cfg, _, reasons = config.resolve_config(TrainConfig(**bf16), on_gpu=False)
-    assert (cfg.image_size, cfg.final_size) == (96, 128)
+    assert (cfg.first_size, cfg.image_size, cfg.final_size) == (80, 96, 128)
+    assert "first_size = 80 (cpu_bf16 default)" in reasons
     assert "final_size = 128 (cpu_bf16 default)" in reasons
     # A size given on the command line (the long recipe's 128) trains at that size alone.
     cfg, _, reasons = config.resolve_config(TrainConfig(image_size=112, **bf16), on_gpu=False)
-    assert cfg.final_size == 0 and config.size_phases(cfg) == [(112, 0, 10)]
+    assert cfg.first_size == cfg.final_size == 0 and config.size_phases(cfg) == [(112, 0, 10)]
+    assert "first_size = 0 (one size throughout: --image-size or --encoder given)" in reasons
     assert "final_size = 0 (one size throughout: --image-size or --encoder given)" in reasons
-    # Both given: both stay.
-    cfg, _, _ = config.resolve_config(TrainConfig(image_size=64, final_size=96, **bf16), on_gpu=False)
-    assert config.size_phases(cfg) == [(64, 0, 8), (96, 8, 10)]
+    # Given with it: they stay.
+    given = TrainConfig(image_size=64, final_size=96, **bf16)
+    cfg, _, _ = config.resolve_config(given, on_gpu=False)
+    assert config.size_phases(cfg) == [(64, 0, 6), (96, 6, 10)]
+    cfg, _, _ = config.resolve_config(dataclasses.replace(given, first_size=48), on_gpu=False)
+    assert config.size_phases(cfg) == [(48, 0, 4), (64, 4, 6), (96, 6, 10)]
 
 
 def test_the_flags_and_set_only_settings_cover_the_config():
@@ -149,7 +178,7 @@ def test_resume_fills_settings_an_older_config_lacks_with_their_old_values(tmp_p
     (tmp_path / "config.json").write_text(json.dumps({"output_dir": str(tmp_path)}))
     cfg, _ = config.resume_config(TrainConfig(output_dir=str(tmp_path)), set())
     assert (cfg.block, cfg.carve, cfg.class_weight_power) == ("plain", "random", 0.5)
-    assert cfg.final_size == 0  # one size throughout, not the machine's choice
+    assert cfg.first_size == cfg.final_size == 0  # one size throughout, not the machine's choice
     assert TrainConfig().class_weight_power != 0.5  # so the fill is what gives 0.5
 
 

@@ -32,8 +32,18 @@ def _start_main(*args):
 
 
 def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path):
-    # The last epoch at a larger size: the resumed run switches too.
-    final = ("--set", "final_size=48", "--set", "final_epochs=1")
+    # The first epoch at a smaller size, the last at a larger one: the
+    # resumed run switches too.
+    final = (
+        "--set",
+        "first_size=16",
+        "--set",
+        "first_epochs=1",
+        "--set",
+        "final_size=48",
+        "--set",
+        "final_epochs=1",
+    )
     flags = ("--data-dir", tiny_data, "--epochs", 4, *TINY, "--num-preds", 0, "--schedule", "cosine", *final)
     # The same run, uninterrupted, for comparison.
     ref = tmp_path / "ref"

@@ -248,26 +248,29 @@ def _check_saved_at_data_size(r, out, tmp_path):
     assert report["label_resolution"]["mean_iou"] == pytest.approx(report["mean_iou"], abs=1e-6)
 
 
-def test_main_trains_the_last_epoch_at_the_final_size(tmp_path):
+def test_main_trains_the_first_and_last_epochs_at_their_sizes(tmp_path):
     write_pairs(tmp_path / "data" / "train", 12, size=64)  # 64x64 photos
     out = tmp_path / "out"
     r = run_main(
-        "--data-dir", tmp_path / "data", "--output-dir", out, "--epochs", 2, *TINY,
-        "--num-preds", 1, "--set", "final_size=48", "--set", "tta=none",
+        "--data-dir", tmp_path / "data", "--output-dir", out, "--epochs", 3, *TINY, "--num-preds", 1,
+        "--set", "first_size=16", "--set", "first_epochs=1", "--set", "final_size=48",
+        "--set", "final_epochs=1", "--set", "tta=none",
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert "epoch 2 at 48x48 (final_size = 48, final_epochs = 2)" in r.stdout
-    assert "Epoch 1 of 2: training and validating at 32x32" in r.stdout
-    assert "Epoch 2 of 2: training and validating at 48x48" in r.stdout
+    assert "epoch 1 at 16x16 (first_size = 16, first_epochs = 1)" in r.stdout
+    assert "epoch 3 at 48x48 (final_size = 48, final_epochs = 1)" in r.stdout
+    assert "Epoch 1 of 3: training and validating at 16x16" in r.stdout
+    assert "Epoch 2 of 3: training and validating at 32x32" in r.stdout
+    assert "Epoch 3 of 3: training and validating at 48x48" in r.stdout
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [row["epoch"] for row in rows] == ["0", "1"]
-    # The saved model takes 64x64 photos and runs the network at the size
-    # of its epoch: 32 for epoch 1, 48 for epoch 2.
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"]
+    # The saved model takes 64x64 photos and runs the network at the
+    # training size (32) after epochs 1 and 2, at 48 after epoch 3.
     epoch = json.loads((out / "unet_model.json").read_text())["epoch"]
     saved = keras.models.load_model(out / "unet_model.keras", compile=False)
     area_h = saved.get_layer("photo_area_h")
-    assert tuple(area_h.kernel.shape) == (64, {1: 32, 2: 48}[epoch])
+    assert tuple(area_h.kernel.shape) == (64, {1: 32, 2: 32, 3: 48}[epoch])
     probs = saved.predict(np.zeros((1, 64, 64, 3), np.float32), verbose=0)
     assert probs.shape == (1, 64, 64, 19) and np.allclose(probs.sum(-1), 1, atol=1e-3)
 
@@ -466,7 +469,15 @@ def test_machine_defaults_table():
 
     assert set(MACHINE_DEFAULTS) == {"cpu", "cpu_bf16", "gpu"}
     for values, why in MACHINE_DEFAULTS.values():
-        assert set(values) == {"image_size", "final_size", "base_filters", "batch_size", "augment", "block"}
+        assert set(values) == {
+            "image_size",
+            "first_size",
+            "final_size",
+            "base_filters",
+            "batch_size",
+            "augment",
+            "block",
+        }
         # A reason in a few words, with no measured figures in it.
         assert isinstance(why, str) and "\n" not in why and len(why) < 100
         assert not re.search(r"\b\d", why), why  # "bf16" is a name, not a figure
