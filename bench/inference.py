@@ -17,6 +17,7 @@ classic 64-filter UNet is added untrained (speed only) unless `--no-classic`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -27,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+from peer_models import conv_flops  # noqa: E402
 
 import utils_func as uf  # noqa: E402
 from cityscapes_unet.startup import load_backend  # noqa: E402
@@ -55,6 +57,42 @@ def _time(fn, x):
     t0 = time.perf_counter()
     fn(x)
     return time.perf_counter() - t0
+
+
+def photo_flops(model) -> tuple[float, list[int]]:
+    """Forward FLOPs of one photo through a model's convolutions, and the sizes its network runs at.
+
+    A saved model runs its network (a nested functional model) once per
+    test-time view; the input shape of each call is in the model's config.
+
+    Args:
+        model: A Keras model, plain or wrapped around a nested network.
+
+    Returns:
+        `(flops, sizes)`: FLOPs per photo (2 per multiply-add) and the side
+        of every call of a nested network (empty for a plain model).
+    """
+    import keras
+
+    from cityscapes_unet.infer.saved_model import any_size_copy
+
+    total, sizes = conv_flops(model), []
+    for layer in model.get_config()["layers"]:
+        inner = model.get_layer(layer["name"])
+        if isinstance(inner, keras.Model):
+            calls = [node["args"][0]["config"]["shape"][1] for node in layer["inbound_nodes"]]
+            total += sum(conv_flops(any_size_copy(inner, s)) * calls.count(s) for s in set(calls))
+            sizes += calls
+    return total, sizes
+
+
+def matmul_peaks() -> dict:
+    """The CPU's measured matmul FLOP/s by precision (`f32`, `bf16`); empty without PyTorch."""
+    if importlib.util.find_spec("torch") is None:
+        return {}
+    from peer_models import torch_matmul_peak
+
+    return {"f32": torch_matmul_peak("float32", 2048), "bf16": torch_matmul_peak("bfloat16", 2048)}
 
 
 def real_photos(data_dir: str, size: int, count: int) -> np.ndarray:
@@ -148,17 +186,28 @@ def main() -> None:
         models.append(("classic UNet (256, 64 filters, untrained)", build_unet(256, uf.NUM_CLASSES)))
 
     print(f"CPU: {os.cpu_count()} cores, bf16 matrix units: {cpu_has_bf16_matmul()}")
-    head = f"{'model':44s} {'engine':13s} {'ms/img b1':>10s} {'img/s b16':>10s}"
-    print(head)
+    peaks = matmul_peaks()
+    for precision, flops_s in peaks.items():
+        print(f"matmul peak {precision:4s} {flops_s / 1e9:8.1f} GFLOP/s (PyTorch, 2048^3)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models:
+            flops, sizes = photo_flops(model)
+            runs = f"; its network runs at {', '.join(map(str, sizes))}" if sizes else ""
+            print(f"\n{name}: {flops / 1e9:.2f} GFLOP per photo in its convolutions{runs}")
+            print(f"{'engine':13s} {'ms/img b1':>10s} {'img/s b16':>10s} {'GFLOP/s b1':>11s} {'of peak':>8s}")
             size = int(model.input_shape[1])
             photos = real_photos(args.data_dir, size, max(16, args.photos))
             row = measure(name, model, photos, args.repeats, tmp)
             rows.append(row)
             for engine in row["engines"]:
-                print(f"{name:44s} {engine:13s} {row[f'{engine}_ms']:10.1f} {row[f'{engine}_ips']:10.1f}")
+                rate = flops / (row[f"{engine}_ms"] / 1000)
+                peak = peaks.get(engine.split()[-1] if " " in engine else "f32")
+                share = f"{100 * rate / peak:7.0f}%" if peak else f"{'-':>8s}"
+                print(
+                    f"{engine:13s} {row[f'{engine}_ms']:10.1f} {row[f'{engine}_ips']:10.1f} "
+                    f"{rate / 1e9:11.1f} {share}"
+                )
     if args.predict_files:
         from cityscapes_unet.data.files import list_images
         from cityscapes_unet.infer.export import run_export

@@ -59,7 +59,39 @@ def test_inference_bench_tiny(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "openvino f32" in r.stdout and "x Keras at batch 1" in r.stdout and "same argmax on" in r.stdout
     assert "peak MB" in r.stdout
+    assert "GFLOP per photo in its convolutions" in r.stdout
     keras.backend.clear_session()
+
+
+def test_conv_flops_by_hand():
+    import keras
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from peer_models import conv_flops
+
+    x = keras.Input((8, 8, 3))
+    y = keras.layers.Conv2D(4, 3, padding="same")(x)  # 8*8 pixels, 3*3*3 taps, 4 filters
+    y = keras.layers.Conv2DTranspose(2, 2, strides=2)(y)  # per input pixel: 2*2*4 taps, 2 filters
+    assert conv_flops(keras.Model(x, y)) == 2 * (8 * 8 * 9 * 3 * 4 + 8 * 8 * 4 * 4 * 2)
+
+
+def test_inference_bench_counts_every_view_of_a_saved_model():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import inference
+    from peer_models import conv_flops
+
+    from cityscapes_unet.infer.saved_model import inference_model
+    from segmentation_model import build_unet
+
+    widths = (4, 8)
+    core = build_unet(32, uf.NUM_CLASSES, widths)
+    at = {s: conv_flops(build_unet(s, uf.NUM_CLASSES, widths)) for s in (32, 48)}
+    assert at[48] == pytest.approx(at[32] * (48 / 32) ** 2)  # every convolution scales with pixels
+    assert inference.photo_flops(core) == (at[32], [])
+    # Two sizes, each with the mirror: four passes of the network per photo.
+    flops, sizes = inference.photo_flops(inference_model(core, 64, flip=True, sizes=(32, 48)))
+    assert sorted(sizes) == [32, 32, 48, 48]
+    assert flops == pytest.approx(2 * at[32] + 2 * at[48])
 
 
 def test_predict_speed_bench_tiny(tmp_path):

@@ -57,21 +57,23 @@ def _frozen_axis_map(matrix: np.ndarray, name: str) -> keras.layers.Dense:
     )
 
 
-def any_size_copy(core: keras.Model) -> keras.Model:
+def any_size_copy(core: keras.Model, size: int | None = None) -> keras.Model:
     """A copy of a functional model whose inputs take any height and width.
 
     Convolutions, pooling and up-sampling do not depend on the image size,
     so the same weights run at several sizes (test-time augmentation over
     scales). Every input layer, nested models' too, gets `None` for its
-    height and width; the weights are copied.
+    height and width (or `size`); the weights are copied.
 
     Args:
         core: A functional `keras.Model` of Keras' own layers, `(batch, S, S,
             3)` -> `(batch, S, S, C)`.
+        size: A side to fix instead (every layer's shape is then known, as
+            a FLOP count needs); None: any.
 
     Returns:
         A new `keras.Model` `(batch, None, None, 3)` -> `(batch, None, None,
-        C)` with the same layer names and weights.
+        C)` (or `size` for `None`) with the same layer names and weights.
     """
 
     def free(config):
@@ -83,7 +85,7 @@ def any_size_copy(core: keras.Model) -> keras.Model:
                 and inner.get("batch_shape")
             ):
                 shape = list(inner["batch_shape"])
-                return {**config, "config": {**inner, "batch_shape": [shape[0], None, None, *shape[3:]]}}
+                return {**config, "config": {**inner, "batch_shape": [shape[0], size, size, *shape[3:]]}}
             return {k: free(v) for k, v in config.items()}
         if isinstance(config, list):
             return [free(v) for v in config]

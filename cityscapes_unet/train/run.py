@@ -443,6 +443,11 @@ TTA_NOTES = {
 }
 
 
+def epoch_span(first: int, end: int) -> str:
+    """Name epochs `first` to `end` (0-based, exclusive) as the log counts them: "epoch 3", "epochs 1-4"."""
+    return f"epoch {end}" if end == first + 1 else f"epochs {first + 1}-{end}"
+
+
 def print_configuration(run: Run) -> None:
     """Say where the run runs, what it was configured with and why, and its data."""
     cfg, dist, data = run.cfg, run.dist, run.data
@@ -458,7 +463,7 @@ def print_configuration(run: Run) -> None:
     for size, first, end in size_phases(cfg):
         if size != cfg.image_size:
             part = "first" if size < cfg.image_size else "final"
-            span = f"epoch {end}" if end == first + 1 else f"epochs {first + 1}-{end}"
+            span = epoch_span(first, end)
             count = getattr(cfg, f"{part}_epochs")
             print(f"  {span} at {size}x{size} ({part}_size = {size}, {part}_epochs = {count})")
     lovasz = (
@@ -685,7 +690,7 @@ def fit_at_size(run: Run, callbacks: list[keras.callbacks.Callback], size: int, 
     train, val = run.train_ds, run.val_ds
     if len(size_phases(cfg)) > 1:
         # Keras counts the epochs of each part: say where they sit in the run.
-        span = f"Epoch {end}" if end == first + 1 else f"Epochs {first + 1}-{end}"
+        span = epoch_span(first, end).capitalize()
         print(f"{span} of {cfg.epochs}: training and validating at {size}x{size}")
     if size != cfg.image_size:
         data, _ = open_data(dataclasses.replace(cfg, image_size=size), run.pad_to)
