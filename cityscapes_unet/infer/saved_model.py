@@ -73,7 +73,8 @@ def any_size_copy(core: keras.Model, size: int | None = None) -> keras.Model:
 
     Returns:
         A new `keras.Model` `(batch, None, None, 3)` -> `(batch, None, None,
-        C)` (or `size` for `None`) with the same layer names and weights.
+        C)` (with `size`: `(batch, size, size, 3)` -> `(batch, size, size,
+        C)`) with the same layer names and weights.
     """
 
     def free(config):

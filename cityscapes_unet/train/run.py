@@ -463,9 +463,10 @@ def print_configuration(run: Run) -> None:
     for size, first, end in size_phases(cfg):
         if size != cfg.image_size:
             part = "first" if size < cfg.image_size else "final"
-            span = epoch_span(first, end)
             count = getattr(cfg, f"{part}_epochs")
-            print(f"  {span} at {size}x{size} ({part}_size = {size}, {part}_epochs = {count})")
+            print(
+                f"  {epoch_span(first, end)} at {size}x{size} ({part}_size = {size}, {part}_epochs = {count})"
+            )
     lovasz = (
         f" (cross-entropy plus the Lovasz-softmax surrogate of mean IoU, weighted {cfg.lovasz_weight:g})"
         if cfg.loss == "ce_lovasz"
