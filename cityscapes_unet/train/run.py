@@ -345,6 +345,8 @@ class Run:
     val_ds: object = None
     model: keras.Model | None = None
     saved_size: int | None = None
+    #: The training size whose test-time sizes the checkpoint's models run at.
+    net_size: int = 0
     arch: str = ""
     checkpoint: BestModelCheckpoint | None = None
     history: HistoryCSV | None = None
@@ -558,7 +560,7 @@ def write_run_files(run: Run) -> None:
     run.saved_size = source if source and source != cfg.image_size else cfg.image_size
     if run.saved_size != cfg.image_size:
         print(
-            f"Saved model: takes {source}x{source} photos (area-resized inside to {cfg.image_size}x{cfg.image_size}) "
+            f"Saved model: takes {source}x{source} photos (area-resized inside to the network's sizes) "
             f"and returns scores at {source}x{source}"
         )
     if not run.resume:
@@ -598,23 +600,20 @@ def saved_model_maker(run: Run, size: int):
     With `tta` flip it also averages in the mirrored photo's scores, with
     `scales` those of both at a second, larger size as well. With class
     weights, `logit_adjust` divides weights**alpha back out of the saved
-    model's odds (`with_logit_bias`). Once `size_phases` has switched to a
-    final `size`, the network runs at that size (`tta_sizes`).
+    model's odds (`with_logit_bias`). The network runs at the sizes of the
+    part of the run (`size_phases`) that trained at `size` (`tta_sizes`):
+    a model saved during the first, smaller epochs at that smaller size.
     """
     cfg = run.cfg
     flip = cfg.tta in ("flip", "scales")
-    sizes = tta_sizes(cfg.image_size, 2 if cfg.tta == "scales" else 1, stride(cfg.encoder)[0], size)
+    scales = 2 if cfg.tta == "scales" else 1
+    sizes = tta_sizes(min(size, cfg.image_size), scales, stride(cfg.encoder)[0], size)
     bias = None
     if run.weights is not None and cfg.logit_adjust:
         bias = -cfg.logit_adjust * np.log(np.asarray(run.weights, np.float64))
-        print(
-            f"Saved model: class scores divided by class_weight**{cfg.logit_adjust} (logit_adjust): "
-            "the weights' pull toward rare classes, partly undone"
-        )
-    if len(sizes) > 1:
-        print(
-            f"Saved model: runs the network at {' and '.join(f'{s}x{s}' for s in sizes)}, each with the mirror"
-        )
+    run.net_size = size
+    mirror = (", each with the mirror" if len(sizes) > 1 else ", with the mirror") if flip else ""
+    print(f"Saved model: runs the network at {' and '.join(f'{s}x{s}' for s in sizes)}{mirror}")
     return lambda m: inference_model(m, run.saved_size, flip=flip, sizes=sizes, logit_bias=bias)
 
 
@@ -623,6 +622,11 @@ def make_callbacks(run: Run) -> list[keras.callbacks.Callback]:
     cfg = run.cfg
     # A resumed run's last epoch may still need its save (`catch_up`).
     size = size_of_epoch(cfg, max(0, run.initial_epoch - 1))
+    if run.weights is not None and cfg.logit_adjust:
+        print(
+            f"Saved model: class scores divided by class_weight**{cfg.logit_adjust} (logit_adjust): "
+            "the weights' pull toward rare classes, partly undone"
+        )
     run.checkpoint = BestModelCheckpoint(run.out(MODEL_FILE), to_save=saved_model_maker(run, size))
     run.history = HistoryCSV(run.out("history.csv"))
     run.non_finite = StopOnNonFinite()
@@ -698,7 +702,7 @@ def fit_at_size(run: Run, callbacks: list[keras.callbacks.Callback], size: int, 
         train, val = for_workers(run, data)
         # Its layers take any size; only the input's shape check names the first.
         run.model.input_spec = None
-    if size > cfg.image_size:
+    if size != run.net_size:
         run.checkpoint.to_save = saved_model_maker(run, size)
     run.model.fit(
         train,

@@ -198,7 +198,7 @@ def test_main_end_to_end_tiny(tiny_data, tmp_path):
 
 def _check_saved_at_data_size(r, out, tmp_path):
     assert (
-        "Saved model: takes 32x32 photos (area-resized inside to 16x16) and returns scores at 32x32"
+        "Saved model: takes 32x32 photos (area-resized inside to the network's sizes) and returns scores at 32x32"
         in r.stdout
     )
     cfg = json.load(open(out / "config.json"))
@@ -265,12 +265,14 @@ def test_main_trains_the_first_and_last_epochs_at_their_sizes(tmp_path):
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [row["epoch"] for row in rows] == ["0", "1", "2"]
-    # The saved model takes 64x64 photos and runs the network at the
-    # training size (32) after epochs 1 and 2, at 48 after epoch 3.
+    # The saved model takes 64x64 photos and runs the network at the size
+    # of the part that trained it: 16 after epoch 1, 32 after 2, 48 after 3.
     epoch = json.loads((out / "unet_model.json").read_text())["epoch"]
     saved = keras.models.load_model(out / "unet_model.keras", compile=False)
     area_h = saved.get_layer("photo_area_h")
-    assert tuple(area_h.kernel.shape) == (64, {1: 32, 2: 32, 3: 48}[epoch])
+    assert tuple(area_h.kernel.shape) == (64, {1: 16, 2: 32, 3: 48}[epoch])
+    for size in (16, 32, 48):
+        assert f"Saved model: runs the network at {size}x{size}\n" in r.stdout
     probs = saved.predict(np.zeros((1, 64, 64, 3), np.float32), verbose=0)
     assert probs.shape == (1, 64, 64, 19) and np.allclose(probs.sum(-1), 1, atol=1e-3)
 
