@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     p.add_argument(
-        "--config", type=str, default=None, help="start from a saved config.json: its fields are the defaults"
+        "--config", type=str, default=None, help="start from a saved config.json or a shipped recipe (long)"
     )
     p.add_argument(
         "--set",

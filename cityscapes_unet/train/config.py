@@ -262,15 +262,31 @@ def saved_fields(saved: dict) -> dict:
     return fields
 
 
+# Recipes shipped with the project, for `--config NAME` (docs/experiments.md
+# has the runs behind each): `long` is the long CPU recipe of the README.
+PRESETS_DIR = os.path.join(os.path.dirname(__file__), "presets")
+
+
+def presets() -> list[str]:
+    """The names `--config` takes besides a file: the shipped recipes."""
+    return sorted(name[: -len(".json")] for name in os.listdir(PRESETS_DIR) if name.endswith(".json"))
+
+
 def read_config_file(path: str) -> dict:
     """The fields of the `config.json` at `path` (`--config`), typed.
+
+    Args:
+        path: A saved `config.json`, or the name of a shipped recipe
+            (`presets`) where no such file exists.
 
     Raises:
         UsageError: When the file is missing, is not JSON, or holds a value
             of the wrong type.
     """
+    if not os.path.isfile(path) and path in presets():
+        path = os.path.join(PRESETS_DIR, f"{path}.json")
     if not os.path.isfile(path):
-        raise UsageError(f"--config {path}: file not found")
+        raise UsageError(f"--config {path}: file not found (shipped recipes: {', '.join(presets())})")
     try:
         with open(path) as f:
             saved = json.load(f)

@@ -192,6 +192,34 @@ def test_bad_set_key_on_the_command_line_is_one_line(tmp_path):
     assert r.returncode == 2 and "error: --config " in r.stderr and "missing.json: file not found" in r.stderr
 
 
+def test_shipped_recipe_is_the_readme_command_line(tmp_path):
+    # `--config long` is the long recipe's command line written out.
+    import main
+
+    flags = ["--epochs", "30", "--image-size", "128", "--augment", "flip"]
+    parser = main.build_parser()
+    given = {
+        k: v for k, v in vars(parser.parse_args(flags)).items() if k in ("epochs", "image_size", "augment")
+    }
+    settings = ["first_size=96", "first_epochs=10", "final_size=160", "final_epochs=8"]
+    written, _ = config_from_command_line(given, settings)
+    preset, names = config_from_command_line({}, [], "long")
+    assert preset == written and written != TrainConfig()
+    assert names == {"epochs", "image_size", "augment", *(s.split("=")[0] for s in settings)}
+    # A later flag still wins over the recipe; a file of that name wins over it.
+    assert config_from_command_line({"epochs": 3}, [], "long")[0].epochs == 3
+    (tmp_path / "long").write_text(json.dumps({"epochs": 2}))
+    assert config_from_command_line({}, [], str(tmp_path / "long"))[0].epochs == 2
+    for name in config.presets():
+        assert name in _help(parser, "config")
+    with pytest.raises(UsageError, match=r"^--config lon: file not found \(shipped recipes: long\)"):
+        config_from_command_line({}, [], "lon")
+
+
+def _help(parser, dest):
+    return next(a.help for a in parser._actions if a.dest == dest)
+
+
 def test_config_file_values_are_checked(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"epochs": "ten"}))
