@@ -4,12 +4,14 @@ Rebuilds the model a run saves (`segmentation_model.inference_model`, as
 training does) from the trained network inside a saved model, once per
 option, and scores each on the run's validation split (or `--data-dir`) at
 the model's input size, the labels' own for the pairs. An option is
-`TTA:ALPHA`: ``tta` (none, flip, scales) and `logit_adjust` (with the
-run's class weights, from its `config.json`). Training is the same for all
+`TTA:ALPHA`: `tta` (none, flip, scales) and `logit_adjust` (with the
+run's class weights, from its `config.json`); `TTA@S1+S2:ALPHA` runs the
+network at the sizes given instead of the run's (`tta_sizes`). Training is the same for all
 of them, so one run measures them all.
 
     python bench/saved_model.py --model output/unet_model.keras \
         --options none:0,flip:0,scales:0,flip:0.25,scales:0.2,scales:0.25,scales:0.3
+    python bench/saved_model.py --model output/unet_model.keras --options scales:0.3,flip@144+128:0.3
     python bench/saved_model.py --model output/unet_model.keras --train-pairs 446 --options ...
 """
 
@@ -39,7 +41,8 @@ def main() -> None:
         "--options",
         type=str,
         default="flip:0,scales:0,scales:0.25",
-        help="Comma-separated TTA:ALPHA pairs (TTA: none, flip or scales; ALPHA: the logit_adjust power).",
+        help="Comma-separated TTA[@S1+S2]:ALPHA (TTA: none, flip or scales; S: network sizes; ALPHA: the "
+        "logit_adjust power).",
     )
     parser.add_argument(
         "--train-pairs",
@@ -64,12 +67,15 @@ def main() -> None:
     options = []
     for spec in args.options.split(","):
         tta, _, alpha = spec.partition(":")
+        tta, _, given = tta.partition("@")
         if tta not in TTAS:
             sys.exit(f"--options {spec}: TTA must be one of {', '.join(TTAS)}")
         try:
-            options.append((spec, tta, float(alpha or 0)))
+            options.append(
+                (tuple(int(v) for v in given.split("+")) if given else None, tta, float(alpha or 0))
+            )
         except ValueError:
-            sys.exit(f"--options {spec}: ALPHA must be a number")
+            sys.exit(f"--options {spec}: S and ALPHA must be numbers")
     with open(os.path.join(os.path.dirname(os.path.abspath(args.model)), "config.json")) as f:
         cfg = json.load(f)
     weights = cfg.get("class_weight_values")
@@ -94,19 +100,19 @@ def main() -> None:
     else:
         files, where, _ = resolve_eval_files(args.model, args.data_dir)
     print(f"{len(files)} pairs from {where}; network trained at {size}x{size}, scored at {source}x{source}")
-    print("| tta | logit_adjust | mean IoU | pixel accuracy | category mean IoU | seconds |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for _, tta, alpha in options:
+    print("| tta | sizes | logit_adjust | mean IoU | pixel accuracy | category mean IoU | seconds |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for given, tta, alpha in options:
         bias = None
         if weights is not None and alpha != saved_alpha:
             bias = -(alpha - saved_alpha) * np.log(np.asarray(weights, np.float64))
-        sizes = tta_sizes(size, 2 if tta == "scales" else 1, 2**DEPTH, final)
+        sizes = given or tta_sizes(size, 2 if tta == "scales" else 1, 2**DEPTH, final)
         model = inference_model(core, source, flip=tta != "none", sizes=sizes, logit_bias=bias)
         start = time.perf_counter()
         cm, _ = evaluate_files(model, files, args.batch_size)
         r = scores(cm)
         print(
-            f"| {tta} | {alpha:g} | {r['mean_iou']:.4f} | {r['pixel_accuracy']:.4f} | "
+            f"| {tta} | {'+'.join(map(str, sizes))} | {alpha:g} | {r['mean_iou']:.4f} | {r['pixel_accuracy']:.4f} | "
             f"{r['category_mean_iou']:.4f} | {time.perf_counter() - start:.0f} |",
             flush=True,
         )

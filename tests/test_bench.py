@@ -94,6 +94,31 @@ def test_inference_bench_counts_every_view_of_a_saved_model():
     assert flops == pytest.approx(2 * at[32] + 2 * at[48])
 
 
+def test_saved_model_bench_scores_given_sizes(tmp_path):
+    import json
+
+    _tiny_model_and_pairs(tmp_path, 4)
+    config = {"data_dir": str(tmp_path / "pairs"), "image_size": 16, "tta": "flip", "logit_adjust": 0.0}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    options = "flip:0,flip@16:0,flip@16+32:0"
+    r = _bench(
+        "saved_model.py",
+        "--model",
+        tmp_path / "m.keras",
+        "--data-dir",
+        tmp_path / "pairs",
+        "--options",
+        options,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [line.split("|")[1:-2] for line in r.stdout.splitlines() if line.startswith("| flip")]
+    # The run's own sizes (16 for `flip`) written out score the same.
+    assert [row[1].strip() for row in rows] == ["16", "16", "16+32"]
+    assert rows[0] == rows[1]
+    r = _bench("saved_model.py", "--model", tmp_path / "m.keras", "--options", "flip@x:0")
+    assert r.returncode != 0 and "--options flip@x:0: S and ALPHA must be numbers" in r.stderr
+
+
 def test_predict_speed_bench_tiny(tmp_path):
     _tiny_model_and_pairs(tmp_path, 6)
     r = _bench(
