@@ -264,10 +264,12 @@ def test_tta_sizes():
     assert tta_sizes(96, 2) == (96, 112)  # 96 * 7/6 = 112
     assert tta_sizes(32, 2) == (32, 48)  # 37.3, up to a multiple of 16
     assert tta_sizes(256, 2, 32) == (256, 320)  # 298.7, up to a multiple of 32
-    # After the last epochs at a larger size: that size, and midway to it.
+    # After the last epochs at a larger size: that size, and one step smaller.
     assert tta_sizes(96, 2, 16, 128) == (128, 112)
     assert tta_sizes(96, 1, 16, 128) == (128,)
     assert tta_sizes(32, 2, 16, 64) == (64, 48)
+    assert tta_sizes(96, 2, 16, 144) == (144, 128)
+    assert tta_sizes(128, 2, 16, 160) == (160, 144)  # the long recipe
     assert tta_sizes(96, 2, 16, 96) == (96, 112)  # not larger: no final size
 
 

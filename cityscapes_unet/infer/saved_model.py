@@ -130,14 +130,15 @@ def tta_sizes(size: int, scales: int, step: int = 16, final: int = 0) -> tuple[i
         step: The network's total down-sampling factor.
         final: The size of the last epochs (`final_size`); ignored unless
             larger than `size`. Then the sizes are `final`, and with 2
-            scales the size midway between the two (rounded down to a
-            multiple of `step`): 128 and 112 for 96 and 128.
+            scales the size one `step` smaller: 128 and 112 after epochs
+            at 128 (a model fine-tuned at `final` loses detail further
+            down, and costs more further up).
 
     Returns:
         The sizes, the (last) training size first.
     """
     if final > size:
-        return (final,) if scales == 1 else (final, (size + final) // 2 // step * step)
+        return (final,) if scales == 1 else (final, max(size, final - step))
     extra = [-(-round(size * (1 + k / 6)) // step) * step for k in range(1, scales)]
     return (size, *extra)
 
