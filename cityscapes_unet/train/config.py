@@ -78,7 +78,7 @@ MACHINE_DEFAULTS = {
         {
             "image_size": 96,
             "first_size": 80,
-            "final_size": 128,
+            "final_size": 144,
             "base_filters": 24,
             "batch_size": 8,
             "augment": "none",
@@ -141,7 +141,7 @@ class TrainConfig:
     first_size: int | None = None
     first_epochs: int = 4
     final_size: int | None = None
-    final_epochs: int = 4
+    final_epochs: int = 3
     base_filters: int | None = None
     learning_rate: float = 3e-3
     schedule: str = "cosine"
