@@ -6,8 +6,8 @@ option, and scores each on the run's validation split (or `--data-dir`) at
 the model's input size, the labels' own for the pairs. An option is
 `TTA:ALPHA`: `tta` (none, flip, scales) and `logit_adjust` (with the
 run's class weights, from its `config.json`); `TTA@S1+S2:ALPHA` runs the
-network at the sizes given instead of the run's (`tta_sizes`). Training is the same for all
-of them, so one run measures them all.
+network at the sizes given instead of the run's (`tta_sizes`). Training is
+the same for all of them, so one run measures them all.
 
     python bench/saved_model.py --model output/unet_model.keras \
         --options none:0,flip:0,scales:0,flip:0.25,scales:0.2,scales:0.25,scales:0.3

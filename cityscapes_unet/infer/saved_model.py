@@ -131,8 +131,7 @@ def tta_sizes(size: int, scales: int, step: int = 16, final: int = 0) -> tuple[i
         final: The size of the last epochs (`final_size`); ignored unless
             larger than `size`. Then the sizes are `final`, and with 2
             scales the size one `step` smaller: 128 and 112 after epochs
-            at 128 (a model fine-tuned at `final` loses detail further
-            down, and costs more further up).
+            at 128 (docs/experiments.md compares other second sizes).
 
     Returns:
         The sizes, the (last) training size first.

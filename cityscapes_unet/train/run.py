@@ -611,7 +611,6 @@ def saved_model_maker(run: Run, size: int):
     bias = None
     if run.weights is not None and cfg.logit_adjust:
         bias = -cfg.logit_adjust * np.log(np.asarray(run.weights, np.float64))
-    run.net_size = size
     mirror = (", each with the mirror" if len(sizes) > 1 else ", with the mirror") if flip else ""
     print(f"Saved model: runs the network at {' and '.join(f'{s}x{s}' for s in sizes)}{mirror}")
     return lambda m: inference_model(m, run.saved_size, flip=flip, sizes=sizes, logit_bias=bias)
@@ -628,6 +627,7 @@ def make_callbacks(run: Run) -> list[keras.callbacks.Callback]:
             "the weights' pull toward rare classes, partly undone"
         )
     run.checkpoint = BestModelCheckpoint(run.out(MODEL_FILE), to_save=saved_model_maker(run, size))
+    run.net_size = size
     run.history = HistoryCSV(run.out("history.csv"))
     run.non_finite = StopOnNonFinite()
     if run.resume:
@@ -704,6 +704,7 @@ def fit_at_size(run: Run, callbacks: list[keras.callbacks.Callback], size: int, 
         run.model.input_spec = None
     if size != run.net_size:
         run.checkpoint.to_save = saved_model_maker(run, size)
+        run.net_size = size
     run.model.fit(
         train,
         validation_data=val,
