@@ -87,6 +87,16 @@ def test_dataset_batches_shapes_and_alignment(tmp_path):
             assert max(left, right) > 0.6 and min(left, right) < 0.2
 
 
+def test_pipelines_run_without_the_autotuning_thread(tmp_path):
+    # Dropping an iterator waits out that thread's sleep (`FIXED_KNOBS`):
+    # Keras drops the training and validation iterators every epoch.
+    paths = write_pairs(tmp_path, 4, size=16)
+    for training in (True, False):
+        ds = make_dataset(paths, 16, 2, training=training, seed=1, augment=False)
+        assert ds.options().autotune.enabled is False
+        assert sum(int(x.shape[0]) for x, _, _ in ds) == 4
+
+
 def test_shuffle_is_seeded_and_reshuffles(tmp_path):
     paths = write_pairs(tmp_path, 8, size=16)
 
