@@ -286,7 +286,7 @@ def _tfds_split(split: str, image_size: int, data_dir, manual_dir, limit):
 
 
 def find_data(
-    data_dir: str, limit: int | None = 0, val_split: float = 0.15, seed: int = 42, carve: str = "random"
+    data_dir: str, limit: int | None = 0, val_split: float = 0.15, seed: int = 42, carve: str = "blocks"
 ) -> tuple[list[str], list[str], str, list[tuple[str, str]]]:
     """Locate the train and validation pair files of `cfg.data_dir`.
 
@@ -342,8 +342,8 @@ def find_data(
             f"--data-dir {root}: only {len(good)} usable pair; need 2 or more to hold out validation"
         )
     train, val = split_train_val(good, val_split, seed, carve)
-    how = "" if carve == "random" else f", in {carve}"
-    return train, val, f"seeded {val_split:.0%} of {train_dir} (seed {seed}{how})", skipped
+    how = "runs of neighbouring files" if carve == "blocks" else "files drawn one by one"
+    return train, val, f"seeded {val_split:.0%} of {train_dir} (seed {seed}, {how})", skipped
 
 
 def resolve_eval_files(model_path: str, data_dir: str | None) -> tuple[list[str], str, list[tuple[str, str]]]:

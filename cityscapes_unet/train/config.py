@@ -148,7 +148,7 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     early_stop: int = 0
     val_split: float = 0.15
-    carve: str = "random"
+    carve: str = "blocks"
     seed: int = 42
     precision: str = "auto"
     augment: str | None = None

@@ -180,6 +180,7 @@ def test_resume_fills_settings_an_older_config_lacks_with_their_old_values(tmp_p
     assert (cfg.block, cfg.carve, cfg.class_weight_power) == ("plain", "random", 0.5)
     assert cfg.first_size == cfg.final_size == 0  # one size throughout, not the machine's choice
     assert TrainConfig().class_weight_power != 0.5  # so the fill is what gives 0.5
+    assert TrainConfig().carve != "random"  # and "random"
 
 
 def test_bad_set_key_on_the_command_line_is_one_line(tmp_path):
