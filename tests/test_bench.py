@@ -37,6 +37,16 @@ def test_pipeline_bench_tiny(tmp_path):
     assert f"{(32 * 32 * (3 + 19 + 1)) / 1e6:9.3f}" in r.stdout
 
 
+@pytest.mark.parametrize("model", ["pause", "project"])
+def test_epoch_gaps_bench_tiny(tmp_path, model):
+    write_pairs(tmp_path, 12, size=32)
+    args = ("--files", 8, "--size", 32, "--epochs", 2, "--rounds", 1, "--pause", 0, "--model", model)
+    r = _bench("epoch_gaps.py", "--data-dir", tmp_path, *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "round 1, autotuning" in r.stdout and "round 1, fixed knobs" in r.stdout
+    assert "time per step" in r.stdout and "with fixed knobs" in r.stdout
+
+
 def test_inference_bench_tiny(tmp_path):
     pytest.importorskip("openvino")
     import keras

@@ -20,8 +20,7 @@ from utils_func import IGNORE_ID, MAX_COLOR_DISTANCE, NUM_CLASSES, color_lut, de
 
 #: No autotuning thread. Keras drops each epoch's iterators, and dropping one
 #: waits out that thread's current sleep, which grows to a minute while the
-#: whole CPU idles; a cached pipeline is far ahead of the model without it
-#: (`AUTOTUNE` then means one call per core and TensorFlow's default buffer).
+#: whole CPU idles; a cached pipeline is far ahead of the model without it.
 FIXED_KNOBS = tf.data.Options()
 FIXED_KNOBS.autotune.enabled = False
 
