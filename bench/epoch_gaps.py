@@ -49,7 +49,9 @@ class StepClock(keras.callbacks.Callback):
     def __init__(self, pause: float):
         super().__init__()
         self.pause = pause
-        self.rows: list[tuple[float, float, float]] = []  # (epoch wall, outside the steps, per step)
+        # (epoch wall, outside the steps, inside the training and validation
+        # steps per training step)
+        self.rows: list[tuple[float, float, float]] = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start, self.inside, self.steps = time.perf_counter(), 0.0, 0
@@ -92,6 +94,9 @@ def project_model(size: int, steps: int) -> keras.Model:
 
 def fit_gaps(make_model, train, val, steps: int, epochs: int, pause: float, autotune: bool) -> list[tuple]:
     """Per-epoch `(wall, outside the steps, per step)` seconds of one fit.
+
+    "Per step" is the time inside the training and validation steps over
+    the number of training steps.
 
     Args:
         make_model: `pause_model` or `project_model` with the image side bound.
