@@ -106,7 +106,7 @@ def main() -> None:
         bias = None
         if weights is not None and alpha != saved_alpha:
             bias = -(alpha - saved_alpha) * np.log(np.asarray(weights, np.float64))
-        sizes = given or tta_sizes(size, 2 if tta == "scales" else 1, 2**DEPTH, final)
+        sizes = given or tta_sizes(size, tta == "scales", 2**DEPTH, final)
         model = inference_model(core, source, flip=tta != "none", sizes=sizes, logit_bias=bias)
         start = time.perf_counter()
         cm, _ = evaluate_files(model, files, args.batch_size)

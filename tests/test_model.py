@@ -260,17 +260,19 @@ def _random_unet(size, seed=0):
 def test_tta_sizes():
     from cityscapes_unet.infer.saved_model import tta_sizes
 
-    assert tta_sizes(96, 1) == (96,)
-    assert tta_sizes(96, 2) == (96, 112)  # 96 * 7/6 = 112
-    assert tta_sizes(32, 2) == (32, 48)  # 37.3, up to a multiple of 16
-    assert tta_sizes(256, 2, 32) == (256, 320)  # 298.7, up to a multiple of 32
-    # After the last epochs at a larger size: that size, and one step smaller.
-    assert tta_sizes(96, 2, 16, 128) == (128, 112)
-    assert tta_sizes(96, 1, 16, 128) == (128,)
-    assert tta_sizes(32, 2, 16, 64) == (64, 48)
-    assert tta_sizes(96, 2, 16, 144) == (144, 128)
-    assert tta_sizes(128, 2, 16, 160) == (160, 144)  # the long recipe
-    assert tta_sizes(96, 2, 16, 96) == (96, 112)  # not larger: no final size
+    assert tta_sizes(96, False) == (96,)
+    assert tta_sizes(96, True) == (96, 112)  # 96 * 7/6 = 112
+    assert tta_sizes(32, True) == (32, 48)  # 37.3, up to a multiple of 16
+    assert tta_sizes(256, True, 32) == (256, 320)  # 298.7, up to a multiple of 32
+    # After the last epochs at a larger size: that size, one step below and one above.
+    assert tta_sizes(96, True, 16, 128) == (128, 112, 144)
+    assert tta_sizes(96, False, 16, 128) == (128,)
+    assert tta_sizes(32, True, 16, 64) == (64, 48, 80)
+    assert tta_sizes(96, True, 16, 144) == (144, 128, 160)
+    assert tta_sizes(128, True, 16, 160) == (160, 144, 176)  # the long recipe
+    assert tta_sizes(96, True, 16, 112) == (112, 96, 128)
+    assert tta_sizes(96, True, 16, 104) == (104, 96, 120)  # never below the training size
+    assert tta_sizes(96, True, 16, 96) == (96, 112)  # not larger: no final size
 
 
 def test_any_size_copy_runs_the_same_weights_at_other_sizes():

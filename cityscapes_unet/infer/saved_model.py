@@ -120,26 +120,26 @@ def with_logit_bias(core: keras.Model, bias) -> keras.Model:
     return copy
 
 
-def tta_sizes(size: int, scales: int, step: int = 16, final: int = 0) -> tuple[int, ...]:
-    """Input sizes for test-time augmentation over scales.
+def tta_sizes(size: int, scales: bool, step: int = 16, final: int = 0) -> tuple[int, ...]:
+    """Input sizes for the saved model's network, with or without averaging over scales.
 
     Args:
         size: The training size.
-        scales: How many sizes: 1 for `size` alone, 2 adds one about a sixth
-            larger (112 for 96), rounded up to a multiple of `step`.
+        scales: Run the network at more than one size (`tta` "scales").
+            Then the sizes are `size` and one about a sixth larger (112 for
+            96), rounded up to a multiple of `step`.
         step: The network's total down-sampling factor.
         final: The size of the last epochs (`final_size`); ignored unless
-            larger than `size`. Then the sizes are `final`, and with 2
-            scales the size one `step` smaller: 128 and 112 after epochs
-            at 128 (docs/experiments.md compares other second sizes).
+            larger than `size`. Then the sizes are `final` alone, or with
+            `scales` `final` and one `step` below and above: 144, 128 and
+            160 after epochs at 144 (docs/experiments.md compares others).
 
     Returns:
         The sizes, the (last) training size first.
     """
     if final > size:
-        return (final,) if scales == 1 else (final, max(size, final - step))
-    extra = [-(-round(size * (1 + k / 6)) // step) * step for k in range(1, scales)]
-    return (size, *extra)
+        return (final, max(size, final - step), final + step) if scales else (final,)
+    return (size, -(-round(size * 7 / 6) // step) * step) if scales else (size,)
 
 
 def _area_resized(photo, chw, source_size: int, size: int, area_h, mirrored: bool, tag: str):

@@ -441,7 +441,7 @@ def open_run_data(run: Run) -> None:
 #: What each `tta` mode builds into the saved model, for the log.
 TTA_NOTES = {
     "flip": " (the saved model averages in the scores of the mirrored photo)",
-    "scales": " (the saved model averages the scores of the photo and its mirror, at two sizes)",
+    "scales": " (the saved model averages the scores of the photo and its mirror, at several sizes)",
 }
 
 
@@ -598,7 +598,7 @@ def saved_model_maker(run: Run, size: int):
     computes in float32 whatever the training precision (`float32_copy`):
     the file runs at full speed on any CPU and agrees with its exports.
     With `tta` flip it also averages in the mirrored photo's scores, with
-    `scales` those of both at a second, larger size as well. With class
+    `scales` those of both at other sizes as well (`tta_sizes`). With class
     weights, `logit_adjust` divides weights**alpha back out of the saved
     model's odds (`with_logit_bias`). The network runs at the sizes of the
     part of the run (`size_phases`) that trained at `size` (`tta_sizes`):
@@ -606,8 +606,7 @@ def saved_model_maker(run: Run, size: int):
     """
     cfg = run.cfg
     flip = cfg.tta in ("flip", "scales")
-    scales = 2 if cfg.tta == "scales" else 1
-    sizes = tta_sizes(min(size, cfg.image_size), scales, stride(cfg.encoder)[0], size)
+    sizes = tta_sizes(min(size, cfg.image_size), cfg.tta == "scales", stride(cfg.encoder)[0], size)
     bias = None
     if run.weights is not None and cfg.logit_adjust:
         bias = -cfg.logit_adjust * np.log(np.asarray(run.weights, np.float64))
