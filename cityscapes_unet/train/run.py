@@ -611,7 +611,9 @@ def saved_model_maker(run: Run, size: int):
     if run.weights is not None and cfg.logit_adjust:
         bias = -cfg.logit_adjust * np.log(np.asarray(run.weights, np.float64))
     mirror = (", each with the mirror" if len(sizes) > 1 else ", with the mirror") if flip else ""
-    print(f"Saved model: runs the network at {' and '.join(f'{s}x{s}' for s in sizes)}{mirror}")
+    names = [f"{s}x{s}" for s in sizes]
+    listed = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
+    print(f"Saved model: runs the network at {listed}{mirror}")
     return lambda m: inference_model(m, run.saved_size, flip=flip, sizes=sizes, logit_bias=bias)
 
 
