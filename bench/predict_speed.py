@@ -23,6 +23,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cityscapes_unet.startup import load_backend  # noqa: E402
+
+load_backend()  # before the imports below load Keras: no CUDA-probe lines on a CPU machine
+
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
