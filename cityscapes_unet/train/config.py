@@ -141,7 +141,7 @@ class TrainConfig:
     first_size: int | None = None
     first_epochs: int = 4
     final_size: int | None = None
-    final_epochs: int = 3
+    final_epochs: int = 4
     base_filters: int | None = None
     learning_rate: float = 3e-3
     schedule: str = "cosine"

@@ -106,7 +106,7 @@ def test_size_phases_with_smaller_first_epochs():
         fields = {"image_size": 96, "first_size": 80, "final_size": 128, "epochs": 10, "final_epochs": 4}
         return config.size_phases(TrainConfig(**{**fields, **given}))
 
-    assert (TrainConfig().first_epochs, TrainConfig().final_epochs) == (4, 3)
+    assert (TrainConfig().first_epochs, TrainConfig().final_epochs) == (4, 4)
     assert phases() == [(80, 0, 4), (96, 4, 6), (128, 6, 10)]
     assert phases(final_size=0) == [(80, 0, 4), (96, 4, 10)]
     assert phases(first_epochs=6) == [(80, 0, 6), (128, 6, 10)]  # nothing left at 96
@@ -115,7 +115,7 @@ def test_size_phases_with_smaller_first_epochs():
     assert phases(epochs=1) == [(96, 0, 1)]
     assert phases(first_size=0) == phases(first_size=96) == [(96, 0, 6), (128, 6, 10)]  # off, or not smaller
     cfg = TrainConfig(image_size=96, first_size=80, final_size=144, epochs=10)  # the bf16 CPU default
-    assert [run.size_of_epoch(cfg, e) for e in range(10)] == [80] * 4 + [96] * 3 + [144] * 3
+    assert [run.size_of_epoch(cfg, e) for e in range(10)] == [80] * 4 + [96] * 2 + [144] * 4
 
 
 def test_the_machines_final_size_comes_with_its_image_size(monkeypatch):
@@ -133,9 +133,9 @@ def test_the_machines_final_size_comes_with_its_image_size(monkeypatch):
     # Given with it: they stay.
     given = TrainConfig(image_size=64, final_size=96, **bf16)
     cfg, _, _ = config.resolve_config(given, on_gpu=False)
-    assert config.size_phases(cfg) == [(64, 0, 7), (96, 7, 10)]  # the last 3 (`final_epochs`)
+    assert config.size_phases(cfg) == [(64, 0, 6), (96, 6, 10)]  # the last 4 (`final_epochs`)
     cfg, _, _ = config.resolve_config(dataclasses.replace(given, first_size=48), on_gpu=False)
-    assert config.size_phases(cfg) == [(48, 0, 4), (64, 4, 7), (96, 7, 10)]
+    assert config.size_phases(cfg) == [(48, 0, 4), (64, 4, 6), (96, 6, 10)]
 
 
 def test_the_flags_and_set_only_settings_cover_the_config():
