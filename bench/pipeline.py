@@ -95,6 +95,9 @@ def main() -> None:
     )
     args = p.parse_args()
 
+    from cityscapes_unet.startup import load_backend
+
+    load_backend()  # without TensorFlow's CUDA-probe lines on a CPU machine
     import tensorflow as tf
 
     from cityscapes_unet.data.files import list_images

@@ -140,6 +140,9 @@ def main() -> None:
             p.error(f"--precisions: {item!r} is not POLICY:on or POLICY:off")
         precisions.append((policy, xla == "on"))
 
+    from cityscapes_unet.startup import load_backend
+
+    load_backend()  # without TensorFlow's CUDA-probe lines on a CPU machine
     from cityscapes_unet.data.files import list_images
     from cityscapes_unet.train.config import cpu_has_bf16_matmul
 

@@ -40,6 +40,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="Batch size.")
     args = parser.parse_args()
 
+    from cityscapes_unet.startup import load_backend
+
+    load_backend()  # without TensorFlow's CUDA-probe lines on a CPU machine
     import keras
     import numpy as np
     import tensorflow as tf
