@@ -106,6 +106,29 @@ class RunData:
     source_size: int | None = None
 
 
+def skip_epochs(train: object, count: int) -> None:
+    """Move a training dataset on by `count` epochs without reading them.
+
+    Both pipelines draw each epoch's order and flips from their seed, one
+    epoch after the other: a run resumed in a new process skips the epochs
+    it has done, so that its next epochs see the order and flips of the
+    uninterrupted run.
+
+    Args:
+        train: `RunData.train` of either pipeline, before any epoch of it.
+        count: Epochs to skip; 0 or less skips none.
+    """
+    if count <= 0:
+        return
+    if isinstance(train, PairDataset):
+        train.epoch += count
+        return
+    # tf.data draws a new shuffle and flip seed when an iterator is made, and
+    # only then; making one reads nothing.
+    for _ in range(count):
+        iter(train)
+
+
 def _stacked(names: list[str], pairs: list, image_size: int):
     # (names, photos (K, S, S, 3), ids (K, S, S)), also for K = 0.
     if not pairs:

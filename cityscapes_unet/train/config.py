@@ -539,12 +539,15 @@ def machine_kind(on_gpu: bool, policy: str) -> str:
     return "cpu"
 
 
-def resolve_config(cfg: TrainConfig, on_gpu: bool) -> tuple[TrainConfig, str, list[str]]:
+def resolve_config(
+    cfg: TrainConfig, on_gpu: bool, given_by: str = "the command line"
+) -> tuple[TrainConfig, str, list[str]]:
     """Fill the machine-dependent defaults and choose the precision.
 
     Args:
         cfg: Configuration with None for "choose".
         on_gpu: Whether a GPU is visible.
+        given_by: Where the values set in `cfg` come from, for the reasons.
 
     Returns:
         `(resolved_config, precision_policy, reasons)`: reasons are lines
@@ -574,7 +577,7 @@ def resolve_config(cfg: TrainConfig, on_gpu: bool) -> tuple[TrainConfig, str, li
             changes[key] = value
             reasons.append(f"{key} = {value} ({notes[key]})")
         else:
-            reasons.append(f"{key} = {getattr(cfg, key)} (from the command line)")
+            reasons.append(f"{key} = {getattr(cfg, key)} (from {given_by})")
     cfg = dataclasses.replace(cfg, **changes)
     validate_config(cfg)
     reasons.append(f"precision = {policy} ({why_policy})")

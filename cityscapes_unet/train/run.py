@@ -385,7 +385,8 @@ def run_in_folder(run: Run) -> dict:
 def choose_defaults(run: Run) -> None:
     """Fill what the configuration leaves to the machine, and check it fits the devices."""
     run.on_gpu = gpu_available()
-    run.cfg, run.policy, run.reasons = resolve_config(run.cfg, run.on_gpu)
+    given_by = "the resumed run's config.json" if run.resume else "the command line"
+    run.cfg, run.policy, run.reasons = resolve_config(run.cfg, run.on_gpu, given_by)
     cfg = run.cfg
     if cfg.batch_size % run.dist.replicas:
         raise UsageError(
@@ -668,7 +669,7 @@ def fit(run: Run, callbacks: list[keras.callbacks.Callback]) -> None:
     try:
         for size, first, end in size_phases(cfg):
             if end > run.initial_epoch and not run.model.stop_training:
-                fit_at_size(run, callbacks, size, max(first, run.initial_epoch), end)
+                fit_at_size(run, callbacks, size, first, end)
     except KeyboardInterrupt:
         raise Interrupted(interrupted_message(cfg.output_dir, checkpoint)) from None
     run.curves = plots.plot_history(run.history.columns(), cfg.output_dir)
@@ -690,10 +691,14 @@ def fit(run: Run, callbacks: list[keras.callbacks.Callback]) -> None:
         )
 
 
-def fit_at_size(run: Run, callbacks: list[keras.callbacks.Callback], size: int, first: int, end: int) -> None:
-    """Train epochs `first` to `end` (0-based, exclusive) on photos of `size`x`size`."""
+def fit_at_size(run: Run, callbacks: list[keras.callbacks.Callback], size: int, start: int, end: int) -> None:
+    """Train the part of epochs `start` to `end` (0-based, exclusive) on photos of `size`x`size`.
+
+    A resumed run trains only the part's epochs it has not done.
+    """
     cfg = run.cfg
     train, val = run.train_ds, run.val_ds
+    first = max(start, run.initial_epoch)
     if len(size_phases(cfg)) > 1:
         # Keras counts the epochs of each part: say where they sit in the run.
         span = epoch_span(first, end).capitalize()
@@ -703,6 +708,8 @@ def fit_at_size(run: Run, callbacks: list[keras.callbacks.Callback], size: int, 
         train, val = for_workers(run, data)
         # Its layers take any size; only the input's shape check names the first.
         run.model.input_spec = None
+    # The part's data are new to this process: draw past its epochs done.
+    data_source.skip_epochs(train, first - start)
     if size != run.net_size:
         run.checkpoint.to_save = saved_model_maker(run, size)
         run.net_size = size

@@ -294,6 +294,30 @@ def test_run_samples_at_the_run_size_or_the_data_size(tmp_path, pipeline):
     assert np.abs(photos[0].astype(int) - photo).max() <= 1  # JPEG decoders may differ by 1
 
 
+@pytest.mark.parametrize("pipeline", ["numpy", "tf"])
+def test_skip_epochs_serves_the_epoch_an_uninterrupted_run_reaches(tmp_path, pipeline):
+    """A resumed run skips the epochs it has done (`source.skip_epochs`):
+    its next epoch has the order and flips of that epoch of the run."""
+    if pipeline == "tf":
+        pytest.importorskip("tensorflow")
+    from cityscapes_unet.data.source import from_pairs, skip_epochs
+
+    def read_epoch(train):
+        if pipeline == "tf":
+            return np.concatenate([x.numpy() for x, _, _ in train])
+        batches = [train[i][0] for i in range(len(train))]
+        train.on_epoch_end()
+        return np.concatenate(batches)
+
+    files = write_pairs(tmp_path, 8, size=32)
+    run = from_pairs(files, files[:2], "test", 16, 4, 3, "flip", pipeline).train
+    epochs = [read_epoch(run) for _ in range(3)]
+    assert not np.array_equal(epochs[2], epochs[0])  # each epoch its own draw
+    resumed = from_pairs(files, files[:2], "test", 16, 4, 3, "flip", pipeline).train
+    skip_epochs(resumed, 2)
+    np.testing.assert_array_equal(read_epoch(resumed), epochs[2])
+
+
 def test_padded_batches_match_tf(tf, tmp_path):
     """Both pipelines pad with weightless samples and expand ids the same way
     (`decode.targets`, `decode.padding`)."""

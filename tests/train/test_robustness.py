@@ -80,6 +80,7 @@ def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path):
     r = run_main("--output-dir", out, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"Resuming {out} after epoch {done} of 4" in r.stdout
+    assert "image_size = 32 (from the resumed run's config.json)" in r.stdout
     assert "Epoch 4 of 4: training and validating at 48x48" in r.stdout
     rows = _history(out)
     assert [row["epoch"] for row in rows] == [str(e) for e in range(4)]
@@ -90,6 +91,15 @@ def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path):
         [float(row["learning_rate"]) for row in _history(ref)],
         rtol=1e-5,
     )
+    # The resumed epochs drew the uninterrupted run's order and flips: the
+    # same scores epoch by epoch.
+    for column in ("loss", "val_loss", "val_mean_iou"):
+        np.testing.assert_allclose(
+            [float(row[column]) for row in rows],
+            [float(row[column]) for row in _history(ref)],
+            rtol=1e-4,
+            err_msg=column,
+        )
     assert not (out / "resume").exists()  # finished: nothing left to resume
     model = keras.models.load_model(out / "unet_model.keras", compile=False)
     assert model.output_shape == (None, 32, 32, 19)
