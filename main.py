@@ -272,15 +272,23 @@ def build_export_parser() -> argparse.ArgumentParser:
         "--format",
         type=str,
         default="openvino",
-        choices=["openvino", "tf_saved_model"],
+        choices=["openvino", "tf_saved_model", "keras"],
         help="openvino: an OpenVINO IR (.xml + .bin) for fast CPU inference with 'predict'; tf_saved_model: "
-        "a TensorFlow SavedModel folder (TF Serving)",
+        "a TensorFlow SavedModel folder (TF Serving); keras: a .keras file (with --tta)",
+    )
+    p.add_argument(
+        "--tta",
+        type=str,
+        default="saved",
+        choices=["saved", "flip", "none"],
+        help="test-time averaging: the saved model's; flip: its network once plus the mirror; none: once",
     )
     p.add_argument(
         "--out",
         type=str,
         default=None,
-        help="destination (default: beside the model, unet_model.xml or unet_model_saved_model/)",
+        help="destination (default: beside the model, unet_model.xml, unet_model_saved_model/ or "
+        "unet_model_TTA.keras)",
     )
     return p
 
@@ -325,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             from cityscapes_unet.infer.export import run_export
 
             a = build_export_parser().parse_args(argv[1:])
-            run_export(a.model, a.format, a.out)
+            run_export(a.model, a.format, a.out, a.tta)
         elif argv[:1] == ["evaluate"]:
             from cityscapes_unet.infer.evaluate import run_evaluate
 

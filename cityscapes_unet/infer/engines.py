@@ -62,26 +62,30 @@ def load_segmentation_model(path: str) -> keras.Model:
     return model
 
 
-#: `--format` choices: what `model.export` writes, and the file suffix.
-FORMATS = {"openvino": ".xml", "tf_saved_model": ""}
+#: `--format` choices: what `model.export` (or `save`, for keras) writes,
+#: and the file suffix.
+FORMATS = {"openvino": ".xml", "tf_saved_model": "", "keras": ".keras"}
 
 
 #: `--engine` choices of `predict`.
 ENGINES = ("auto", "keras", "openvino")
 
 
-def default_export_path(model_path: str, fmt: str) -> str:
+def default_export_path(model_path: str, fmt: str, tta: str = "saved") -> str:
     """Where `export` writes by default: beside the model, same stem.
 
     Args:
         model_path: The `.keras` file.
         fmt: One of `FORMATS`.
+        tta: The export's test-time averaging (`saved_model.EXPORT_TTAS`);
+            any but `saved` is added to the stem.
 
     Returns:
-        `DIR/STEM.xml` for OpenVINO, `DIR/STEM_saved_model` for a SavedModel.
+        `DIR/STEM.xml` for OpenVINO, `DIR/STEM_saved_model` for a
+        SavedModel, `DIR/STEM_none.keras` (say) for Keras.
     """
-    stem = os.path.splitext(model_path)[0]
-    return stem + ".xml" if fmt == "openvino" else stem + "_saved_model"
+    stem = os.path.splitext(model_path)[0] + ("" if tta == "saved" else f"_{tta}")
+    return stem + "_saved_model" if fmt == "tf_saved_model" else stem + FORMATS[fmt]
 
 
 def require_openvino(flag: str) -> ModuleType:

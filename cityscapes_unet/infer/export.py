@@ -5,7 +5,9 @@
 checks it against the Keras model on a few photos, in float32 and, on a CPU
 with bf16 units, in bf16; bf16 is recorded in the IR for `predict --engine
 openvino` to use where its classes match Keras' closely enough. OpenVINO is
-an optional dependency (`requirements-optional.txt`).
+an optional dependency (`requirements-optional.txt`). `--tta flip` or
+`none` exports the same network with less test-time averaging, for speed
+(`saved_model.with_tta`); `--format keras` writes that as a `.keras` file.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from cityscapes_unet.infer.engines import (
     precisions_here,
     require_openvino,
 )
+from cityscapes_unet.infer.saved_model import EXPORT_TTAS, with_tta
 
 
 def check_photos(model_path: str, size: int, count: int = 8) -> tuple[np.ndarray, str]:
@@ -64,28 +67,34 @@ def check_photos(model_path: str, size: int, count: int = 8) -> tuple[np.ndarray
     ), f"{count} synthetic photos (the run's data was not found)"
 
 
-def _check_format(fmt: str) -> None:
-    """Refuse a format that is unknown or cannot be written here."""
+def _check_format(fmt: str, tta: str) -> None:
+    """Refuse a format or averaging that is unknown or cannot be written here."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
+    if tta not in EXPORT_TTAS:
+        raise UsageError(f"--tta {tta}: must be one of {', '.join(EXPORT_TTAS)}")
+    if fmt == "keras" and tta == "saved":
+        raise UsageError("--format keras: the model is a .keras file already; give --tta flip or none")
     if fmt == "openvino":
         require_openvino("--format openvino")
     backend = keras.backend.backend()
     if fmt == "tf_saved_model" and backend not in ("tensorflow", "jax"):
         raise UsageError("--format tf_saved_model: needs the tensorflow or jax backend")
     # Keras exports a JAX model through jax2tf, TensorFlow's, whatever the format.
-    if (fmt == "tf_saved_model" or backend == "jax") and not tensorflow_installed():
+    if fmt != "keras" and (fmt == "tf_saved_model" or backend == "jax") and not tensorflow_installed():
         raise UsageError(
             f"--format {fmt}: needs TensorFlow under the {backend} backend (Keras exports through it); "
             "install tensorflow, or export under another KERAS_BACKEND"
         )
 
 
-def _destination(model_path: str, fmt: str, out: str | None) -> str:
+def _destination(model_path: str, fmt: str, out: str | None, tta: str) -> str:
     """Check the destination of an export and create its folder; return it."""
-    out = out or default_export_path(model_path, fmt)
-    if fmt == "openvino" and not out.endswith(".xml"):
-        raise UsageError(f"--out {out}: an OpenVINO model is written to a .xml file")
+    out = out or default_export_path(model_path, fmt, tta)
+    if FORMATS[fmt] and not out.endswith(FORMATS[fmt]):
+        raise UsageError(f"--out {out}: --format {fmt} writes a {FORMATS[fmt]} file")
+    if os.path.abspath(out) == os.path.abspath(model_path):
+        raise UsageError(f"--out {out}: is the model itself; choose another file")
     parent = os.path.dirname(os.path.abspath(out))
     try:
         os.makedirs(parent, exist_ok=True)
@@ -126,14 +135,16 @@ def _export_openvino(model: keras.Model, model_path: str, out: str) -> tuple[dic
     return agreements, check, precision
 
 
-def run_export(model_path: str, fmt: str = "openvino", out: str | None = None) -> dict:
+def run_export(model_path: str, fmt: str = "openvino", out: str | None = None, tta: str = "saved") -> dict:
     """Export a `.keras` model and check the export against it.
 
     Args:
         model_path: The `.keras` file.
         fmt: One of `FORMATS`.
-        out: Destination (`.xml` for OpenVINO, a folder for a SavedModel);
-            beside the model by default.
+        out: Destination (`.xml` for OpenVINO, a folder for a SavedModel,
+            `.keras` for Keras); beside the model by default.
+        tta: One of `EXPORT_TTAS`: the saved model's test-time averaging,
+            or less of it for speed (`with_tta`).
 
     Returns:
         `{"path", "format", "seconds", "agreement", "agreements", "precision",
@@ -147,23 +158,30 @@ def run_export(model_path: str, fmt: str = "openvino", out: str | None = None) -
     Raises:
         UsageError: For a bad model, format or destination.
     """
-    _check_format(fmt)
-    model = load_segmentation_model(model_path)
-    out = _destination(model_path, fmt, out)
+    _check_format(fmt, tta)
+    model = with_tta(load_segmentation_model(model_path), tta)
+    out = _destination(model_path, fmt, out, tta)
     t0 = time.perf_counter()
     agreements, check, precision = {}, "", None
     if fmt == "openvino":
         agreements, check, precision = _export_openvino(model, model_path, out)
+    elif fmt == "keras":
+        with io.atomic_file(out) as tmp:
+            model.save(tmp)
     else:
         model.export(out, format="tf_saved_model", verbose=False)
     seconds = time.perf_counter() - t0
     size = int(model.input_shape[1])
-    line = f"Exported {model_path} ({size}x{size}, {uf.NUM_CLASSES} classes) as {fmt} to {out} in {seconds:.1f} s"
+    averaging = "" if tta == "saved" else f", test-time averaging: {tta}"
+    line = (
+        f"Exported {model_path} ({size}x{size}, {uf.NUM_CLASSES} classes{averaging}) as {fmt} to {out} "
+        f"in {seconds:.1f} s"
+    )
     if agreements:
         shares = ", ".join(f"{p} {100 * v:.2f}% of pixels" for p, v in agreements.items())
         line += f"; same class as Keras: {shares} ({check}); runs in {precision}"
     print(line)
-    if fmt == "openvino":
+    if fmt in ("openvino", "keras"):
         print(f"Use it: python main.py predict --model {out} INPUT...")
     return {
         "path": out,

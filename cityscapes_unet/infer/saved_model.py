@@ -340,3 +340,49 @@ def float32_copy(model: keras.Model) -> keras.Model:
     copy = model.__class__.from_config(fixed)
     copy.set_weights(model.get_weights())
     return copy
+
+
+#: `export --tta` choices: keep the saved model's averaging, or run its
+#: network once at its first size, with the mirror (`flip`) or alone.
+EXPORT_TTAS = ("saved", "flip", "none")
+
+
+def network_of(saved: keras.Model) -> tuple[keras.Model, int]:
+    """The trained network inside a saved model, and the first size it runs at.
+
+    Args:
+        saved: A model as a run saves it (`inference_model`), or a plain
+            network.
+
+    Returns:
+        `(core, size)`: the nested network (`saved` itself when it has none)
+        and the side its photos are resized to first (`photo_area_h` holds
+        that resize; the input's side when the model resizes nothing).
+    """
+    core = next((layer for layer in saved.layers if isinstance(layer, keras.Model)), saved)
+    try:
+        size = saved.get_layer("photo_area_h").units
+    except ValueError:
+        size = int(saved.input_shape[1])
+    return core, int(size)
+
+
+def with_tta(saved: keras.Model, tta: str) -> keras.Model:
+    """A saved model rewrapped with less test-time averaging, for speed.
+
+    The trained network, its logit bias and the input and output size stay;
+    only the averaging changes: `flip` runs the network once at its first
+    size and once on the mirror, `none` once (`scales` runs it at three
+    sizes, each with the mirror).
+
+    Args:
+        saved: A model as a run saves it.
+        tta: One of `EXPORT_TTAS`; `saved` returns `saved` itself.
+
+    Returns:
+        A float32 `keras.Model` with the input and output shapes of `saved`.
+    """
+    if tta == "saved":
+        return saved
+    core, size = network_of(saved)
+    return inference_model(core, int(saved.input_shape[1]), flip=tta == "flip", sizes=(size,))
