@@ -31,9 +31,10 @@ def _start_main(*args):
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path):
+@pytest.mark.parametrize("pipeline", ["tf", "numpy"])
+def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path, pipeline):
     # The first epoch at a smaller size, the last at a larger one: the
-    # resumed run switches too.
+    # resumed run switches too. With flips: their draws must resume too.
     final = (
         "--set",
         "first_size=16",
@@ -44,7 +45,10 @@ def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path):
         "--set",
         "final_epochs=1",
     )
-    flags = ("--data-dir", tiny_data, "--epochs", 4, *TINY, "--num-preds", 0, "--schedule", "cosine", *final)
+    flags = (
+        *("--data-dir", tiny_data, "--epochs", 4, *TINY, "--num-preds", 0, "--schedule", "cosine", *final),
+        *("--augment", "flip", "--pipeline", pipeline),
+    )
     # The same run, uninterrupted, for comparison.
     ref = tmp_path / "ref"
     r = run_main(*flags, "--output-dir", ref)
