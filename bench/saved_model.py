@@ -61,7 +61,7 @@ def main() -> None:
     from cityscapes_unet.data.source import resolve_eval_files
     from cityscapes_unet.infer.evaluate import evaluate_files
     from cityscapes_unet.infer.metrics import scores
-    from cityscapes_unet.infer.saved_model import inference_model, tta_sizes
+    from cityscapes_unet.infer.saved_model import inference_model, network_of, tta_sizes
     from cityscapes_unet.train.config import DEPTH, TTAS, TrainConfig, saved_fields, size_phases
 
     options = []
@@ -81,7 +81,7 @@ def main() -> None:
     weights = cfg.get("class_weight_values")
     saved = keras.models.load_model(args.model, compile=False)
     # The saved model wraps the trained core; the core has the weights.
-    core = next((layer for layer in saved.layers if isinstance(layer, keras.Model)), saved)
+    core = network_of(saved)[0]
     size, source = int(cfg["image_size"]), int(saved.input_shape[1])
     # The size of the run's last epochs (`final_size`), as the saved model has it.
     final = size_phases(TrainConfig(**saved_fields(cfg)))[-1][0]

@@ -50,6 +50,7 @@ def main() -> None:
     from cityscapes_unet.data.source import resolve_eval_files
     from cityscapes_unet.data.tf_pipeline import decode_pair
     from cityscapes_unet.infer.metrics import confusion_matrix, scores
+    from cityscapes_unet.infer.saved_model import network_of
     from cityscapes_unet.train.config import DEPTH
     from segmentation_model import build_unet, widths_from_base
 
@@ -57,7 +58,7 @@ def main() -> None:
         cfg = json.load(f)
     saved = keras.models.load_model(args.model, compile=False)
     # The saved model may wrap the trained core (at the data's size); the core has the weights.
-    core = next((layer for layer in saved.layers if isinstance(layer, keras.Model)), saved)
+    core = network_of(saved)[0]
     sizes = [int(s) for s in args.sizes.split(",")]
     nets = {}
     residual = cfg.get("block") == "residual"
