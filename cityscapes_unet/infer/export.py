@@ -73,15 +73,17 @@ def _check_format(fmt: str, tta: str) -> None:
         raise UsageError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
     if tta not in EXPORT_TTAS:
         raise UsageError(f"--tta {tta}: must be one of {', '.join(EXPORT_TTAS)}")
-    if fmt == "keras" and tta == "saved":
-        raise UsageError("--format keras: the model is a .keras file already; give --tta flip or none")
+    if fmt == "keras":
+        if tta == "saved":
+            raise UsageError("--format keras: the model is a .keras file already; give --tta flip or none")
+        return  # Keras' own save: any backend, no TensorFlow needed
     if fmt == "openvino":
         require_openvino("--format openvino")
     backend = keras.backend.backend()
     if fmt == "tf_saved_model" and backend not in ("tensorflow", "jax"):
         raise UsageError("--format tf_saved_model: needs the tensorflow or jax backend")
     # Keras exports a JAX model through jax2tf, TensorFlow's, whatever the format.
-    if fmt != "keras" and (fmt == "tf_saved_model" or backend == "jax") and not tensorflow_installed():
+    if (fmt == "tf_saved_model" or backend == "jax") and not tensorflow_installed():
         raise UsageError(
             f"--format {fmt}: needs TensorFlow under the {backend} backend (Keras exports through it); "
             "install tensorflow, or export under another KERAS_BACKEND"
