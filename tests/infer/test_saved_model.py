@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import utils_func as uf
-from cityscapes_unet.infer.saved_model import inference_model, network_of, with_tta
+from cityscapes_unet.infer.engines import ENGINES, FORMATS
+from cityscapes_unet.infer.saved_model import EXPORT_TTAS, inference_model, network_of, with_tta
 from conftest import main_in_process
 from segmentation_model import build_unet
 
@@ -76,3 +77,16 @@ def test_export_keras_with_less_averaging(core, photos, tmp_path):
         "export", "--model", path, "--format", "keras", "--tta", "none", "--out", tmp_path / "x.xml"
     )
     assert r.returncode == 2 and "--format keras writes a .keras file" in r.stderr
+
+
+def test_the_inference_flags_choices_are_the_packages():
+    # main.py spells its choices out (it parses flags before Keras loads);
+    # they must stay the ones the package checks.
+    import main
+
+    def choices(parser):
+        return {a.dest: tuple(a.choices) for a in parser._actions if a.choices}
+
+    export = choices(main.build_export_parser())
+    assert export["format"] == tuple(FORMATS) and export["tta"] == EXPORT_TTAS
+    assert choices(main.build_predict_parser())["engine"] == ENGINES
