@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+import numpy as np
+
+from cityscapes_unet.resize import area_matrix
+from cityscapes_unet.settings import ENCODERS
 
 #: Encoder widths of the classic UNet (Ronneberger et al., 2015); the
 #: bottleneck is twice the last one (1024).
@@ -119,7 +123,7 @@ def up_block(x, skip, filters: int, prefix: str, residual: bool = False):
 
 
 def build_unet(
-    image_size: int = 256,
+    image_size: int | None = None,
     num_classes: int = 19,
     widths: Sequence[int] = CLASSIC_WIDTHS,
     bottleneck_filters: int | None = None,
@@ -134,8 +138,8 @@ def build_unet(
     softmax, whatever the mixed-precision policy.
 
     Args:
-        image_size: Height and width of the square input; must be divisible
-            by `2 ** len(widths)`.
+        image_size: Height and width of the square input, divisible by
+            `2 ** len(widths)`; None (the default) takes any such size.
         num_classes: Number of output classes.
         widths: Encoder widths, one per down-sampling level.
         bottleneck_filters: Width of the bottleneck; twice the last width when
@@ -151,7 +155,7 @@ def build_unet(
         num_classes)`, float32.
     """
     factor = 2 ** len(widths)
-    if image_size % factor:
+    if image_size is not None and image_size % factor:
         raise ValueError(
             f"image size {image_size} is not divisible by {factor} (2 ** {len(widths)} down-sampling levels)"
         )
@@ -177,22 +181,23 @@ def build_unet(
     return keras.Model(inputs, outputs, name=name)
 
 
-#: Pretrained encoders for `build_encoder_unet`: the application, and its
-#: feature layers at strides 2, 4, 8, 16 (the skips) and 32 (the bottom).
-ENCODERS = {
-    "resnet50": (
-        "ResNet50",
-        ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+#: The feature layers of each pretrained encoder (`settings.ENCODERS`, the
+#: `keras.applications` name in lower case) at strides 2, 4, 8, 16 (the
+#: skips) and 32 (the bottom).
+ENCODER_FEATURES = {
+    "ResNet50": (
+        "conv1_relu",
+        "conv2_block3_out",
+        "conv3_block4_out",
+        "conv4_block6_out",
+        "conv5_block3_out",
     ),
-    "efficientnetb0": (
-        "EfficientNetB0",
-        (
-            "block2a_expand_activation",
-            "block3a_expand_activation",
-            "block4a_expand_activation",
-            "block6a_expand_activation",
-            "top_activation",
-        ),
+    "EfficientNetB0": (
+        "block2a_expand_activation",
+        "block3a_expand_activation",
+        "block4a_expand_activation",
+        "block6a_expand_activation",
+        "top_activation",
     ),
 }
 #: Decoder widths from the bottom up (those of segmentation_models' UNet).
@@ -212,8 +217,6 @@ def caffe_preprocess(x, prefix: str = "caffe"):
     Returns:
         Tensor `(batch, H, W, 3)`.
     """
-    import numpy as np
-
     swap = np.zeros((1, 1, 3, 3), "float32")
     swap[0, 0, [2, 1, 0], [0, 1, 2]] = 1.0  # output BGR from input RGB
     mean = np.array([103.939, 116.779, 123.68], "float32")
@@ -229,7 +232,7 @@ def caffe_preprocess(x, prefix: str = "caffe"):
 
 
 def build_encoder_unet(
-    image_size: int = 256,
+    image_size: int | None = None,
     num_classes: int = 19,
     encoder: str = "resnet50",
     weights: str | None = "imagenet",
@@ -244,9 +247,10 @@ def build_encoder_unet(
     softmax.
 
     Args:
-        image_size: Side of the square input; a multiple of 32.
+        image_size: Side of the square input, a multiple of 32; None (the
+            default) takes any such size.
         num_classes: Number of output classes.
-        encoder: A key of `ENCODERS`.
+        encoder: One of `settings.ENCODERS`.
         weights: `"imagenet"` or None (random initialisation). The caller
             handles a failed download (see `training.build_model`).
         decoder_widths: Widths of the five decoder levels, bottom up.
@@ -257,9 +261,10 @@ def build_encoder_unet(
     """
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; one of {', '.join(ENCODERS)}")
-    if image_size % 32:
+    if image_size is not None and image_size % 32:
         raise ValueError(f"image size {image_size} is not divisible by 32 (the encoder's stride)")
-    app_name, feature_layers = ENCODERS[encoder]
+    app_name = next(name for name in ENCODER_FEATURES if name.lower() == encoder)
+    feature_layers = ENCODER_FEATURES[app_name]
     app = getattr(keras.applications, app_name)(
         include_top=False, weights=weights, input_shape=(image_size, image_size, 3)
     )
@@ -279,3 +284,66 @@ def build_encoder_unet(
     x = keras.layers.Conv2D(num_classes, 1, name="head_conv")(x)
     outputs = keras.layers.Activation("softmax", dtype="float32", name="head_softmax")(x)
     return keras.Model(inputs, outputs, name=name or f"unet_{encoder}")
+
+
+def frozen_axis_map(matrix: np.ndarray, name: str) -> keras.layers.Dense:
+    """A frozen float32 `Dense` that maps the last axis by `matrix` `(in, out)`."""
+    return keras.layers.Dense(
+        matrix.shape[1],
+        use_bias=False,
+        trainable=False,
+        kernel_initializer=keras.initializers.Constant(matrix),
+        # float32 under every policy: the resize is the same in training and use.
+        dtype="float32",
+        name=name,
+    )
+
+
+def resize_photo(x, source_size: int, size: int, prefix: str = "photo", mirror: bool = False):
+    """Area-resize square photos inside a model: the project's one photo resize.
+
+    Two frozen `Dense` layers hold `resize.area_matrix`, one per axis,
+    between `Permute`s: exact, a few small matrix products, Keras' own
+    layers only, so a model holding it loads without this project on every
+    backend and exports. With `mirror`, the width matrix's columns are
+    reversed: the resize and a horizontal flip in one product.
+
+    Args:
+        x: Photos `(batch, source_size, source_size, 3)`, RGB 0..255.
+        source_size: Their side.
+        size: The side to resize to.
+        prefix: Name prefix of the layers (`photo_area_h`, ...).
+        mirror: Also mirror the photos.
+
+    Returns:
+        Tensor `(batch, size, size, 3)`, float32; `x` itself when nothing changes.
+    """
+    if source_size == size and not mirror:
+        return x
+    area = np.asarray(area_matrix(source_size, size)).T  # (source, size)
+    x = keras.layers.Permute((3, 1, 2), name=f"{prefix}_to_chw")(x)  # (B, 3, H, W)
+    x = frozen_axis_map(area[:, ::-1] if mirror else area, f"{prefix}_area_w")(x)  # (B, 3, H, s)
+    x = keras.layers.Permute((1, 3, 2), name=f"{prefix}_swap_hw")(x)  # (B, 3, s, H)
+    x = frozen_axis_map(area, f"{prefix}_area_h")(x)  # (B, 3, s(w), s(h))
+    return keras.layers.Permute((3, 2, 1), name=f"{prefix}_to_hwc")(x)  # (B, s, s, 3)
+
+
+def sized_model(network: keras.Model, source_size: int, size: int, name: str | None = None) -> keras.Model:
+    """The network behind `resize_photo`: photos of `source_size` in, scores at `size` out.
+
+    What training fits at each input size, and the core of the saved model:
+    both see photos reduced by the same layers.
+
+    Args:
+        network: A UNet that takes any size (`build_unet()`).
+        source_size: Side of the photos the model takes.
+        size: Side the network runs at.
+        name: Model name; `<network>_at_<size>` by default.
+
+    Returns:
+        A `keras.Model` `(batch, source_size, source_size, 3)` -> `(batch, size, size, C)`
+        sharing the network's layers.
+    """
+    photo = keras.Input((source_size, source_size, 3), name="photo")
+    scores = network(resize_photo(photo, source_size, size))
+    return keras.Model(photo, scores, name=name or f"{network.name}_at_{size}")

@@ -3,10 +3,11 @@
 In one run, each row in a process of its own (Keras picks its backend at
 import), in alternating rounds so the host's drift touches every row:
 
-- the project's step as `main.py` trains it on this machine (its loss, class
-  weights, per-pixel sample weights, accuracy and mean IoU metrics, the
-  precision and XLA setting `--precision auto` and `--xla auto` pick), under
-  Keras on TensorFlow, JAX and PyTorch;
+- the project's step as `main.py` trains it on this machine (the photos at
+  the pairs' 256x256, area-resized inside; its loss, class weights,
+  per-pixel sample weights, accuracy and mean IoU metrics, the precision and
+  XLA setting `--precision auto` and `--xla auto` pick), under Keras on
+  TensorFlow, JAX and PyTorch;
 - the same network with cross-entropy alone (with and without the metrics),
   the cost of the project's additions;
 - a native PyTorch UNet of identical widths and blocks (`peer_models`):
@@ -61,20 +62,30 @@ WHAT = {
 }
 
 
-def random_batches(n: int, size: int, seed: int = 0):
-    """Random uint8 photos `(n, size, size, 3)` and trainIds `(n, size, size)`, a few ignored."""
+def random_batches(n: int, size: int, seed: int = 0, source: int | None = None):
+    """Random uint8 photos `(n, source, source, 3)` and trainIds `(n, size, size)`, a few ignored."""
     rng = np.random.default_rng(seed)
-    photos = rng.integers(0, 256, (n, size, size, 3), np.uint8)
+    photos = rng.integers(0, 256, (n, source or size, source or size, 3), np.uint8)
     ids = rng.integers(0, 19, (n, size, size), np.uint8)
     ids[:, :4] = 255
     return photos, ids
+
+
+def model_inputs(photos, ids):
+    """`(x, y, w)` as the pipelines hand them: uint8 photos, one-hot masks, weights."""
+    from cityscapes_unet.data.decode import targets
+
+    y, w = targets(ids)
+    return photos, y.astype(np.uint8), w.astype(np.uint8)
 
 
 def keras_rate(kind: str, spec: dict) -> dict:
     """Training images/s of the project's network in Keras on the current backend.
 
     Args:
-        kind: `project` (`train.run.build_and_compile`), `ce_metrics` or `ce`.
+        kind: `project` (`train.run.compile_for_size`: the photos at the
+            data's size, resized inside), `ce_metrics` or `ce` (at the
+            network's size).
         spec: Settings from `settings` (sizes, policy, steps).
 
     Returns:
@@ -82,22 +93,25 @@ def keras_rate(kind: str, spec: dict) -> dict:
     """
     import keras
 
-    from cityscapes_unet.data.numpy_pipeline import to_model_inputs_np
-    from cityscapes_unet.train.config import TrainConfig, resolve_xla
+    from cityscapes_unet.settings import TrainConfig
+    from cityscapes_unet.train.config import Machine, resolve_xla
     from cityscapes_unet.train.losses import class_weights
-    from cityscapes_unet.train.run import build_and_compile, build_model
+    from cityscapes_unet.train.run import build_network, compile_for_size, make_optimizer
 
     keras.mixed_precision.set_global_policy(spec["policy"])
     keras.utils.set_random_seed(0)
     cfg = TrainConfig(
         image_size=spec["size"], base_filters=spec["filters"], batch_size=spec["batch"], block=spec["block"]
     )
-    jit = resolve_xla(spec.get("xla", "auto"), False, spec["policy"], spec["bf16_units"])
+    jit = resolve_xla(spec.get("xla", "auto"), Machine(False, spec["bf16_units"]), spec["policy"])
+    source = spec["size"]
     if kind == "project":
-        weights = class_weights(np.linspace(1.0, 50.0, 19), power=cfg.class_weight_power)
-        model = build_and_compile(cfg, spec["steps"], weights, jit_compile=jit)
+        weights = class_weights(np.linspace(1.0, 50.0, 19))
+        source = spec["source"]
+        optimizer = make_optimizer(cfg, spec["steps"])
+        model = compile_for_size(build_network(cfg), optimizer, cfg, weights, source, spec["size"], jit)
     else:
-        model = build_model(cfg)
+        model = build_network(cfg)
         metrics = None
         if kind == "ce_metrics":
             metrics = [keras.metrics.CategoricalAccuracy(), keras.metrics.OneHotMeanIoU(num_classes=19)]
@@ -108,7 +122,7 @@ def keras_rate(kind: str, spec: dict) -> dict:
             jit_compile=jit,
         )
     n = spec["batch"] * spec["steps"]
-    x, y, w = to_model_inputs_np(*random_batches(n, spec["size"]))
+    x, y, w = model_inputs(*random_batches(n, spec["size"], source=source))
     from peer_models import timed_fit
 
     times = timed_fit(model, x, y, w, spec["batch"], 1 + spec["timed"])
@@ -190,11 +204,13 @@ def run_child(row: str, spec: dict, timeout: float) -> dict | None:
 
 def settings(args) -> dict:
     """This machine's CPU defaults (as `main.py` resolves them), with the flags' overrides."""
-    from cityscapes_unet.train.config import TrainConfig, cpu_has_bf16_matmul, resolve_config
+    from cityscapes_unet.settings import TrainConfig
+    from cityscapes_unet.train.config import Machine, cpu_has_bf16_matmul, resolve_config
 
-    cfg, policy, _ = resolve_config(TrainConfig(), on_gpu=False)
+    cfg, policy, _ = resolve_config(TrainConfig(), Machine(False, cpu_has_bf16_matmul()))
     spec = {
         "size": args.image_size or cfg.image_size,
+        "source": args.source_size,
         "filters": args.base_filters or cfg.base_filters,
         "block": args.block or cfg.block,
         "batch": args.batch_size or cfg.batch_size,
@@ -206,7 +222,7 @@ def settings(args) -> dict:
         "xla": args.xla,
     }
     if args.tiny:
-        spec.update(size=32, filters=4, batch=2, steps=2, timed=1, matmul_n=128)
+        spec.update(size=32, source=64, filters=4, batch=2, steps=2, timed=1, matmul_n=128)
     return spec
 
 
@@ -265,6 +281,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12, help="training steps per timed epoch")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: this machine's)")
     p.add_argument("--image-size", type=int, default=None, help="image side (default: this machine's)")
+    p.add_argument("--source-size", type=int, default=256, help="side of the photos the project's rows take")
     p.add_argument("--base-filters", type=int, default=None, help="UNet base width (default: this machine's)")
     p.add_argument(
         "--block", choices=("plain", "residual"), default=None, help="conv blocks (default: this machine's)"

@@ -39,7 +39,7 @@ fi
 
 if [ -n "${TINY:-}" ]; then
   bench_args=(--tiny)
-  train_args=(--image-size 32 --base-filters 4 --batch-size 4 --limit 8)
+  train_args=(--image-size 32 --base-filters 4 --batch-size 4 --limit 8 --loss ce)
   EPOCHS=${TINY_EPOCHS:-2}
 else
   bench_args=(--batch-size 32 --steps 20)

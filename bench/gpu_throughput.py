@@ -49,13 +49,16 @@ def load_pairs(data_dir: str | None, count: int, size: int, seed: int = 0):
         return rng.integers(0, 256, (count, size, size, 3), np.uint8), rng.integers(
             0, 19, (count, size, size), np.uint8
         )
-    from cityscapes_unet.data.files import list_images
+    from cityscapes_unet.data.files import list_images, pair_height
     from cityscapes_unet.data.numpy_pipeline import decode_files
+    from cityscapes_unet.resize import area_resize, nearest_resize
 
     files = list_images(data_dir)[:count]
     if not files:
         sys.exit(f"error: --data-dir {data_dir}: no .jpg files")
-    _, photos, ids, _ = decode_files(files, size)
+    decoded = decode_files(files, pair_height(files[0]))
+    photos = np.stack([area_resize(p, size, size) for p in decoded.photos]).round().astype(np.uint8)
+    ids = nearest_resize(decoded.ids, size, size, axis=1)
     reps = -(-count // len(photos))
     return np.concatenate([photos] * reps)[:count], np.concatenate([ids] * reps)[:count]
 
@@ -104,7 +107,7 @@ def keras_rate(photos, ids, size, widths, batch, policy, steps) -> float:
     """
     import keras
 
-    from cityscapes_unet.data.numpy_pipeline import to_model_inputs_np
+    from cityscapes_unet.data.decode import targets
     from segmentation_model import build_unet
 
     keras.mixed_precision.set_global_policy(policy)
@@ -116,7 +119,7 @@ def keras_rate(photos, ids, size, widths, batch, policy, steps) -> float:
         jit_compile=True,
     )
     n = batch * steps
-    _, y, w = to_model_inputs_np(photos[:n], ids[:n])
+    y, w = (t.astype(np.uint8) for t in targets(ids[:n]))
     times = timed_fit(model, photos[:n], y, w, batch, 3)
     keras.mixed_precision.set_global_policy("float32")
     return n / min(times[1:])  # the first epoch compiles

@@ -74,14 +74,14 @@ def photo_flops(model) -> tuple[float, list[int]]:
     """
     import keras
 
-    from cityscapes_unet.infer.saved_model import any_size_copy
+    from cityscapes_unet.infer.saved_model import fixed_size_copy
 
     total, sizes = conv_flops(model), []
     for layer in model.get_config()["layers"]:
         inner = model.get_layer(layer["name"])
         if isinstance(inner, keras.Model):
             calls = [node["args"][0]["config"]["shape"][1] for node in layer["inbound_nodes"]]
-            total += sum(conv_flops(any_size_copy(inner, s)) * calls.count(s) for s in set(calls))
+            total += sum(conv_flops(fixed_size_copy(inner, s)) * calls.count(s) for s in set(calls))
             sizes += calls
     return total, sizes
 
@@ -98,12 +98,11 @@ def matmul_peaks() -> dict:
 def real_photos(data_dir: str, size: int, count: int) -> np.ndarray:
     """The left halves of the last `count` pairs in `data_dir`, resized."""
     from cityscapes_unet.data.files import list_images
-    from cityscapes_unet.data.numpy_pipeline import resize_area
     from cityscapes_unet.io import read_photo, split_pair
+    from cityscapes_unet.resize import area_resize
 
     files = list_images(data_dir)[-count:]
-    photos = [resize_area(split_pair(read_photo(f))[0], size, size) for f in files]
-    return np.stack(photos).astype(np.float32)
+    return np.stack([area_resize(split_pair(read_photo(f))[0], size, size) for f in files])
 
 
 def measure(name: str, model, photos: np.ndarray, repeats: int, workdir: str) -> dict:

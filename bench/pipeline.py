@@ -2,7 +2,8 @@
 
 Measures, on the same files in one run:
   * the tf.data pipeline's first pass (read, JPEG decode, label colours ->
-    class ids, resize, one-hot masks), then its cached passes;
+    class ids, labels picked at the network's size, one-hot masks), then
+    its cached passes (photos stay at their own size: the model resizes them);
   * label decoding alone: the colour table against the palette search;
   * a baseline in the style of common Kaggle loaders: a Python generator,
     cv2 decode, nearest palette colour per pixel in NumPy, one-hot with
@@ -85,7 +86,9 @@ def timed(iterable) -> tuple[int, float, int]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default="../shared/data/cityscapes_pairs/train", help="folder of pair JPEGs")
-    p.add_argument("--size", type=int, default=256, help="image side handed to the model")
+    p.add_argument(
+        "--size", type=int, default=256, help="side of the labels handed to the model (the network's)"
+    )
     p.add_argument("--batch-size", type=int, default=16, help="batch size")
     p.add_argument("--limit", type=int, default=None, help="use the first N files (default: all)")
     p.add_argument("--baseline-files", type=int, default=300, help="files the (slow) baseline decodes")
@@ -100,8 +103,8 @@ def main() -> None:
     load_backend()  # without TensorFlow's CUDA-probe lines on a CPU machine
     import tensorflow as tf
 
-    from cityscapes_unet.data.files import list_images
-    from cityscapes_unet.data.tf_pipeline import decoded_dataset, make_dataset, to_model_inputs
+    from cityscapes_unet.data.files import list_images, pair_height
+    from cityscapes_unet.data.tf_pipeline import decoded_dataset, make_dataset
 
     files = list_images(args.data_dir)[: args.limit]
     if not files:
@@ -114,9 +117,9 @@ def main() -> None:
 
     rows = []
     # First pass: everything from the JPEG files (the cache fills as it goes).
-    decoded = decoded_dataset(files, args.size)
-    first = decoded.batch(args.batch_size).map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
-    n, s, nbytes = timed(first.prefetch(tf.data.AUTOTUNE))
+    source = pair_height(files[0])
+    decoded = decoded_dataset(files, source)
+    n, s, nbytes = timed(make_dataset(decoded, args.size, args.batch_size, training=False))
     rows.append(("tf.data first pass (decode, ids, one-hot)", n, s, nbytes))
     # Cached passes: the training pipeline as run_training builds it
     # (shuffle, flip, batch, one-hot, prefetch).
@@ -163,10 +166,8 @@ def main() -> None:
     first_rate = rows[0][1] / rows[0][2]
     cached_rate = rows[1][1] / rows[1][2]
     base_rate = rows[2][1] / rows[2][2]
-    cache_mb = len(files) * (args.size * args.size * 4) / 1e6
-    print(
-        f"\ncache: {cache_mb:.0f} MB for {len(files)} pairs (uint8 photo + uint8 ids, {args.size}x{args.size})"
-    )
+    cache_mb = len(files) * (source * source * 4) / 1e6
+    print(f"\ncache: {cache_mb:.0f} MB for {len(files)} pairs (uint8 photo + uint8 ids, {source}x{source})")
     print(f"one-hot float32 would be {args.size * args.size * 19 * 4 / 1e6:.2f} MB per sample")
     print("\nratios")
     print(f"  first pass / baseline   {first_rate / base_rate:6.1f}x")

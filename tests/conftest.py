@@ -32,12 +32,12 @@ sys.meta_path.insert(0, _NoTF())
 """
 
 
-def run_main(*args, cwd=None):
-    """Run `python main.py ARGS` in a fresh process; return the CompletedProcess."""
+def run_main(*args, cwd=None, env=None):
+    """Run `python main.py ARGS` in a fresh process (with `env` added to its environment)."""
     import subprocess
 
     cmd = [sys.executable, os.path.join(ROOT, "main.py"), *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})})
 
 
 def main_in_process(*args):
@@ -97,6 +97,29 @@ def write_pairs(folder, count: int, size: int = 32, seed: int = 0) -> list[str]:
         cv2.imwrite(p, cv2.cvtColor(pair, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 100])
         paths.append(p)
     return paths
+
+
+def tiny_fit(folder, loss="ce_lovasz", epochs=1, weights=None, pairs=8, size=32, learning_rate=1e-2):
+    """Fit the project's tiny UNet on synthetic pairs, as a run's stage does.
+
+    Returns:
+        `(model, losses)`: the compiled training model and its loss per epoch.
+    """
+    import keras
+
+    from cityscapes_unet.data.source import DataSpec, from_pairs, resolve_pipeline
+    from cityscapes_unet.settings import TrainConfig
+    from cityscapes_unet.train.run import build_network, compile_for_size
+
+    keras.utils.set_random_seed(0)
+    files = write_pairs(os.path.join(folder, "pairs"), pairs, size=size)
+    spec = DataSpec(batch_size=pairs, pipeline=resolve_pipeline("auto")[0])
+    train, _ = from_pairs(files, files[:1], "test", spec).datasets(size)
+    cfg = TrainConfig(base_filters=8, block="plain", loss=loss)
+    model = compile_for_size(
+        build_network(cfg), keras.optimizers.Adam(learning_rate), cfg, weights, size, size
+    )
+    return model, model.fit(train, epochs=epochs, verbose=0, shuffle=False).history["loss"]
 
 
 @pytest.fixture

@@ -14,11 +14,14 @@ pytest.importorskip("tensorflow")
 
 
 def _tiny_model_and_pairs(tmp_path, pairs: int):
-    """A 32x32 UNet saved as `m.keras` and `pairs` tiny pairs in `pairs/`."""
-    from segmentation_model import build_unet
+    """A saved model as a run saves it (32x32 photos, the network at 16) and `pairs` tiny pairs in `pairs/`."""
+    from cityscapes_unet.infer.saved_model import saved_model
+    from segmentation_model import build_unet, sized_model
 
     write_pairs(tmp_path / "pairs", pairs, size=32)
-    build_unet(32, uf.NUM_CLASSES, (4, 8, 16, 32)).save(tmp_path / "m.keras")
+    saved_model(sized_model(build_unet(None, uf.NUM_CLASSES, (4, 8, 16, 32)), 32, 16)).save(
+        tmp_path / "m.keras"
+    )
 
 
 def _bench(script, *args):
@@ -26,27 +29,19 @@ def _bench(script, *args):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_pipeline_bench_tiny(tmp_path):
     write_pairs(tmp_path, 8, size=32)
-    r = _bench("pipeline.py", "--data-dir", tmp_path, "--size", 32, "--batch-size", 4, "--baseline-files", 4)
+    r = _bench("pipeline.py", "--data-dir", tmp_path, "--size", 16, "--batch-size", 4, "--baseline-files", 4)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "tf.data first pass" in r.stdout and "baseline" in r.stdout
     assert "first pass / baseline" in r.stdout
     assert "label decoding, one 32x32 label" in r.stdout
-    # Bytes per sample: uint8 photo, one-hot and weights at 32x32.
-    assert f"{(32 * 32 * (3 + 19 + 1)) / 1e6:9.3f}" in r.stdout
+    # Bytes per sample: the uint8 photo at 32x32, one-hot and weights at 16x16.
+    assert f"{(32 * 32 * 3 + 16 * 16 * (19 + 1)) / 1e6:9.3f}" in r.stdout
 
 
-@pytest.mark.parametrize("model", ["pause", "project"])
-def test_epoch_gaps_bench_tiny(tmp_path, model):
-    write_pairs(tmp_path, 12, size=32)
-    args = ("--files", 8, "--size", 32, "--epochs", 2, "--rounds", 1, "--pause", 0, "--model", model)
-    r = _bench("epoch_gaps.py", "--data-dir", tmp_path, *args)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "round 1, autotuning" in r.stdout and "round 1, fixed knobs" in r.stdout
-    assert "time per step" in r.stdout and "with fixed knobs" in r.stdout
-
-
+@pytest.mark.slow
 def test_inference_bench_tiny(tmp_path):
     pytest.importorskip("openvino")
     import keras
@@ -94,54 +89,38 @@ def test_inference_bench_counts_every_view_of_a_saved_model():
     from segmentation_model import build_unet
 
     widths = (4, 8)
-    core = build_unet(32, uf.NUM_CLASSES, widths)
-    at = {s: conv_flops(build_unet(s, uf.NUM_CLASSES, widths)) for s in (32, 48)}
-    assert at[48] == pytest.approx(at[32] * (48 / 32) ** 2)  # every convolution scales with pixels
-    assert inference.photo_flops(core) == (at[32], [])
-    # Two sizes, each with the mirror: four passes of the network per photo.
-    flops, sizes = inference.photo_flops(inference_model(core, 64, flip=True, sizes=(32, 48)))
-    assert sorted(sizes) == [32, 32, 48, 48]
-    assert flops == pytest.approx(2 * at[32] + 2 * at[48])
-
-
-def test_saved_model_bench_scores_given_sizes(tmp_path):
-    import json
-
-    _tiny_model_and_pairs(tmp_path, 4)
-    config = {"data_dir": str(tmp_path / "pairs"), "image_size": 16, "tta": "flip", "logit_adjust": 0.0}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    options = "flip:0,flip@16:0,flip@16+32:0"
-    r = _bench(
-        "saved_model.py",
-        "--model",
-        tmp_path / "m.keras",
-        "--data-dir",
-        tmp_path / "pairs",
-        "--options",
-        options,
+    at = {s: conv_flops(build_unet(s, uf.NUM_CLASSES, widths)) for s in (28, 32, 36)}
+    assert at[36] == pytest.approx(at[32] * (36 / 32) ** 2)  # every convolution scales with pixels
+    assert inference.photo_flops(build_unet(32, uf.NUM_CLASSES, widths)) == (at[32], [])
+    # Three sizes (a stride of 4 apart), each with the mirror: six passes of the network per photo.
+    flops, sizes = inference.photo_flops(
+        inference_model(build_unet(None, uf.NUM_CLASSES, widths), 64, 32, "scales")
     )
-    assert r.returncode == 0, r.stderr[-3000:]
-    rows = [line.split("|")[1:-2] for line in r.stdout.splitlines() if line.startswith("| flip")]
-    # The run's own sizes (16 for `flip`) written out score the same.
-    assert [row[1].strip() for row in rows] == ["16", "16", "16+32"]
-    assert rows[0] == rows[1]
-    r = _bench("saved_model.py", "--model", tmp_path / "m.keras", "--options", "flip@x:0")
-    assert r.returncode != 0 and "--options flip@x:0: S and ALPHA must be numbers" in r.stderr
+    assert sorted(sizes) == [28, 28, 32, 32, 36, 36]
+    assert flops == pytest.approx(2 * (at[28] + at[32] + at[36]))
 
 
+@pytest.mark.slow
 def test_predict_speed_bench_tiny(tmp_path):
     _tiny_model_and_pairs(tmp_path, 6)
-    r = _bench(
-        "predict_speed.py",
+    model = tmp_path / "m.keras"
+    args = (
         "--model",
-        tmp_path / "m.keras",
+        model,
+        "--tta",
+        "none,flip",
         "--data-dir",
         tmp_path / "pairs",
         "--batch-size",
         4,
+        "--rounds",
+        1,
     )
+    r = _bench("predict_speed.py", *args)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "6 photos of" in r.stdout and "x the model" in r.stdout and "x predict on photos" in r.stdout
+    rows = [line.split() for line in r.stdout.splitlines() if line.startswith(str(model)[-43:])]
+    assert [row[1] for row in rows] == ["none", "flip"] and all(float(v) > 0 for row in rows for v in row[2:])
+    assert f"{model} (flip): " in r.stdout and "x predict --pairs of" in r.stdout
 
 
 def test_peer_bench_shares_by_compute_type():
@@ -156,6 +135,7 @@ def test_peer_bench_shares_by_compute_type():
     assert cpu_peers.peak_share("float32", 20.0, 5e9, {}) is None
 
 
+@pytest.mark.slow
 def test_peer_bench_tiny():
     pytest.importorskip("torch")  # the matmul peak is PyTorch's
     r = _bench("cpu_peers.py", "--tiny", "--rows", "tf-ce")

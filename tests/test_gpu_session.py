@@ -30,6 +30,7 @@ def _city_split(root, count_train: int, count_val: int):
     return "tiny"
 
 
+@pytest.mark.slow
 def test_gpu_session_tiny_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
     _city_split(tmp_path / "split", 12, 4)
@@ -58,7 +59,7 @@ def test_gpu_session_tiny_without_tensorflow(tmp_path):
         **os.environ,
         "TINY": "1",
         "TINY_EPOCHS": "1",
-        "POLICIES": "float32,mixed_bfloat16",
+        "POLICIES": "mixed_bfloat16",
         "PYTHON": sys.executable,
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": str(tmp_path / "site"),
@@ -74,7 +75,7 @@ def test_gpu_session_tiny_without_tensorflow(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     throughput = (out / "throughput.txt").read_text()
     assert f"real pairs from {pack}/pairs/train" in throughput
-    assert "keras float32" in throughput and "keras mixed_bfloat16" in throughput
+    assert "keras mixed_bfloat16" in throughput
     assert "matmul peak" in throughput and "MFU" in throughput
     assert "No module named 'tensorflow'" not in r.stdout
     history = (out / "train" / "history.csv").read_text().splitlines()

@@ -18,6 +18,7 @@ def test_probe_lines_are_dropped_and_other_lines_kept():
 
 
 @pytest.mark.skipif(has_gpu_device(), reason="the probe's lines are kept where a GPU is")
+@pytest.mark.slow
 def test_a_bad_model_prints_one_line_and_no_probe(tmp_path):
     r = run_main("evaluate", "--model", tmp_path / "missing.keras")
     assert r.returncode == 2

@@ -16,6 +16,8 @@ LAYERS = (
     (f"{PACKAGE}.io", 0),
     (f"{PACKAGE}.plots", 0),
     (f"{PACKAGE}.startup", 0),
+    (f"{PACKAGE}.settings", 0),
+    (f"{PACKAGE}.resize", 0),
     (f"{PACKAGE}.data", 1),
     ("segmentation_model", 2),
     ("model_arch", 2),

@@ -1,66 +1,32 @@
 """The decode core that the tf.data and the NumPy pipelines share.
 
 Each pair file is one JPEG holding the street photo (left half) and its
-Cityscapes colour label image (right half). Both pipelines
-(`tf_pipeline.decode_pair`, `numpy_pipeline.decode_pair_np`) read the JPEG
-with their own decoder and resize with their own kernels (a `Kernels`
-bundle); the steps themselves are written here once:
+Cityscapes colour label image (right half). Both pipelines decode the JPEG
+with libjpeg (TensorFlow's and OpenCV's) and turn the label's colours into
+trainIds through `utils_func.color_lut`; the rest is written here once:
 
-- the split of the pair into its halves (`pair_halves`);
-- the order of the decode steps (`decode_halves`): the photo resized by
-  area, the label turned into trainIds through `utils_func.color_lut` and
-  resized by nearest neighbour only;
+- the split of a pair into its halves (`pair_halves`);
 - the rule for ignored pixels in what the model trains on (`targets`,
   `padding`, `PAD_IDS`);
-- the class frequencies of the counted ids (`frequencies`);
-- the augmentation choices (`AUGMENTS`, `augment_mode`).
+- the class frequencies of the counted ids (`frequencies`).
 
-Backend-independent: the functions use only slicing, arithmetic and
-comparisons, which NumPy arrays and TensorFlow tensors share, and nothing
-here imports TensorFlow.
+Photos are cached at their own size: the models resize them inside
+(`segmentation_model.resize_photo`). Backend-independent: only slicing,
+arithmetic and comparisons, which NumPy arrays and TensorFlow tensors
+share; nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
-
 import numpy as np
 
 from utils_func import IGNORE_ID, NUM_CLASSES
-
-#: `--augment` choices: `none`; `flip` (random horizontal flip); `full`:
-#: flip, random zoom-and-crop and photometric jitter
-#: (`tf_pipeline.augment_pair`); `mild`: the same, weaker.
-AUGMENTS = ("none", "flip", "full", "mild")
-
-#: Zoom-and-crop's largest factor and the photometric jitter's largest
-#: relative change of the choices that need them (tf.data only).
-ZOOM_JITTER = {"full": (1.5, 0.1), "mild": (1.2, 0.05)}
 
 #: Id of the samples that pad a batch: ignored, so they weigh nothing.
 PAD_IDS = IGNORE_ID
 
 #: Bins of the id counts: every uint8 id, IGNORE_ID included.
 COUNT_BINS = 256
-
-
-def augment_mode(augment: bool | str) -> str:
-    """The augmentation of `augment`, checked.
-
-    Args:
-        augment: One of `AUGMENTS`; True means `flip`, False `none`.
-
-    Returns:
-        One of `AUGMENTS`.
-
-    Raises:
-        ValueError: If `augment` is none of these.
-    """
-    mode = {True: "flip", False: "none"}.get(augment, augment)
-    if mode not in AUGMENTS:
-        raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
-    return mode
 
 
 def pair_halves(image, width=None):
@@ -76,54 +42,6 @@ def pair_halves(image, width=None):
     """
     half = (image.shape[1] if width is None else width) // 2
     return image[:, :half], image[:, half:]
-
-
-class Kernels(NamedTuple):
-    """What one backend brings to `decode_halves`.
-
-    Attributes:
-        area_resize: `(photo, size)` -> uint8 `(size, size, 3)`: area
-            resampling rounded half to even, as TensorFlow's `area` resize.
-        nearest_resize: `(array, size)` -> `(size, size, ...)`: the source
-            pixels TensorFlow 2's `method="nearest"` picks, for `(H, W)`
-            ids and `(H, W, 3)` colours alike.
-        colors_to_ids: `(label)` -> uint8 `(H, W)`: trainIds from
-            `utils_func.color_lut`, IGNORE_ID off the palette.
-    """
-
-    area_resize: Callable
-    nearest_resize: Callable
-    colors_to_ids: Callable
-
-
-def decode_halves(image, image_size: int, kernels: Kernels, full_labels: bool = False, width=None):
-    """Turn a decoded pair into the resized photo and label ids.
-
-    Ids are resized with nearest neighbour only: class ids are never
-    interpolated. Picking pixels commutes with the per-pixel colour -> id
-    map, so when only the resized ids are wanted the colours of the picked
-    pixels are looked up, not all of them: the same ids as decoding the
-    whole label and resizing its ids (a test checks it), with far fewer
-    table lookups at the small sizes, which dominate the first pass.
-
-    Args:
-        image: uint8 `(H, W, 3)` RGB pair, as the backend's decoder gives it.
-        image_size: Side of the square output.
-        kernels: The backend's resize and lookup functions.
-        full_labels: Also return the ids at the label's own resolution.
-        width: See `pair_halves`.
-
-    Returns:
-        `(photo, ids)`: uint8 `(image_size, image_size, 3)` and uint8
-        `(image_size, image_size)`; with `full_labels`, `(photo, ids,
-        full_ids)` where `full_ids` is uint8 `(H, W // 2)`.
-    """
-    photo, label = pair_halves(image, width)
-    photo = kernels.area_resize(photo, image_size)
-    if not full_labels:
-        return photo, kernels.colors_to_ids(kernels.nearest_resize(label, image_size))
-    full_ids = kernels.colors_to_ids(label)
-    return photo, kernels.nearest_resize(full_ids, image_size), full_ids
 
 
 def targets(ids, num_classes: int = NUM_CLASSES):

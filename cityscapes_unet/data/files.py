@@ -149,8 +149,13 @@ def check_pair(path: str) -> str | None:
     return None
 
 
+def pair_height(path: str) -> int:
+    """The height of a pair file: the side of its square halves."""
+    return jpeg_header(path)[0]
+
+
 def scan_pairs(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Split files into usable pairs and skipped ones.
+    """Split files into usable pairs, all of the first usable one's size, and skipped ones.
 
     Args:
         paths: Candidate files.
@@ -163,31 +168,35 @@ def scan_pairs(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
         reasons = list(pool.map(check_pair, paths))
     good = [p for p, r in zip(paths, reasons, strict=True) if r is None]
     skipped = [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
+    if good:
+        height = pair_height(good[0])
+        sizes = [pair_height(p) for p in good]
+        skipped += [
+            (p, f"{2 * h}x{h}, not {2 * height}x{height} like the first pair")
+            for p, h in zip(good, sizes, strict=True)
+            if h != height
+        ]
+        good = [p for p, h in zip(good, sizes, strict=True) if h == height]
     return good, skipped
 
 
-CARVES = ("random", "blocks")
 # A block carve holds out this many runs of neighbouring files: enough
 # drives to average over, each long enough to leave its street out of
 # training.
 VAL_BLOCKS = 8
 
 
-def split_train_val(
-    files: list[str], val_split: float, seed: int, carve: str = "random"
-) -> tuple[list[str], list[str]]:
+def split_train_val(files: list[str], val_split: float, seed: int) -> tuple[list[str], list[str]]:
     """Seeded split of one file list into disjoint train and validation lists.
 
-    A `"random"` carve draws validation files one by one. A `"blocks"` carve
-    draws `VAL_BLOCKS` runs of neighbouring files (in natural order, which
-    for Cityscapes is city and drive order), so validation scenes are not
+    Validation is `VAL_BLOCKS` runs of neighbouring files (in natural order,
+    which for Cityscapes is city and drive order), so its scenes are not
     next-door frames of training ones.
 
     Args:
         files: All files, in natural order.
-        val_split: Fraction for validation, in (0, 1).
+        val_split: Share for validation, in (0, 1).
         seed: Seed of the draw.
-        carve: `"random"` or `"blocks"`.
 
     Returns:
         `(train, val)`, each in natural order; val holds at least one file and
@@ -195,12 +204,7 @@ def split_train_val(
     """
     n = len(files)
     n_val = min(max(1, round(n * val_split)), n - 1) if n > 1 else 0
-    rng = np.random.default_rng(seed)
-    if carve == "blocks":
-        is_val = _block_mask(n, n_val, rng)
-    else:
-        is_val = np.zeros(n, bool)
-        is_val[rng.permutation(n)[:n_val]] = True
+    is_val = _block_mask(n, n_val, np.random.default_rng(seed))
     train = [f for f, v in zip(files, is_val, strict=True) if not v]
     val = [f for f, v in zip(files, is_val, strict=True) if v]
     return train, val

@@ -6,39 +6,38 @@ are the same whichever feeds them:
 - the pairs through tf.data (`tf_pipeline`), the default wherever
   TensorFlow is installed, for every Keras backend;
 - the pairs through NumPy and OpenCV (`numpy_pipeline`), for JAX or PyTorch
-  machines without TensorFlow: the same class ids, bit for bit;
+  machines without TensorFlow: the same photos and class ids, bit for bit;
 - the official full-resolution Cityscapes through TensorFlow Datasets
   (`tfds`), with its own train and validation splits.
 
-`tf_pipeline` and `tfds` are imported inside the functions that use them,
-not here: both import TensorFlow, which the NumPy path must not load (it
-runs where TensorFlow is not installed).
+Each decodes its photos and ids once and keeps them at the photos' size;
+`RunData.datasets(size)` serves batches whose labels are at the size the
+network runs at. `tf_pipeline` and `tfds` are imported inside the functions
+that use them: both import TensorFlow, which the NumPy path must not load.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from cityscapes_unet.data.files import jpeg_header, list_images, scan_pairs, split_train_val
-from cityscapes_unet.data.numpy_pipeline import PairDataset, class_frequencies_np, decode_pair_np
+from cityscapes_unet.data.files import list_images, pair_height, scan_pairs, split_train_val
+from cityscapes_unet.data.numpy_pipeline import (
+    PairDataset,
+    class_frequencies_np,
+    decode_files,
+    decode_pair_np,
+)
 from cityscapes_unet.errors import TfdsSourceError, UsageError
-
-DATASETS = ("pairs", "tfds-cityscapes")
-PIPELINES = ("auto", "tf", "numpy")
+from cityscapes_unet.settings import TrainConfig, read_json, upgrade_config
 
 
 def tensorflow_installed() -> bool:
-    """Whether TensorFlow can be imported here (without importing it).
-
-    Returns:
-        True when the `tensorflow` package is found.
-    """
+    """Whether TensorFlow can be imported here (without importing it)."""
     try:
         return importlib.util.find_spec("tensorflow") is not None
     except (ImportError, ValueError):
@@ -46,64 +45,73 @@ def tensorflow_installed() -> bool:
 
 
 def resolve_pipeline(requested: str, dataset: str = "pairs") -> tuple[str, str]:
-    """Pick the input pipeline of `--pipeline REQUESTED`.
-
-    Args:
-        requested: One of `PIPELINES`.
-        dataset: One of `DATASETS`.
-
-    Returns:
-        `(pipeline, reason)`, pipeline `tf` or `numpy`.
+    """The input pipeline of `--pipeline REQUESTED`: `(tf or numpy, reason)`.
 
     Raises:
-        ValueError: One line, when the choice cannot work here.
+        UsageError: One line, when the choice cannot work here.
     """
     have_tf = tensorflow_installed()
     if dataset == "tfds-cityscapes":
         if requested == "numpy" or not have_tf:
-            raise ValueError("--dataset tfds-cityscapes: needs TensorFlow (tf.data and tensorflow-datasets)")
+            raise UsageError("--dataset tfds-cityscapes: needs TensorFlow (tf.data and tensorflow-datasets)")
         return "tf", "TensorFlow Datasets feeds tf.data"
     if requested == "auto":
         if have_tf:
             return "tf", "TensorFlow is installed: tf.data feeds every backend"
         return "numpy", "no TensorFlow here: NumPy/OpenCV decoding in a keras.utils.PyDataset"
     if requested == "tf" and not have_tf:
-        raise ValueError("--pipeline tf: TensorFlow is not installed (use --pipeline numpy)")
+        raise UsageError("--pipeline tf: TensorFlow is not installed (use --pipeline numpy)")
     return requested, "as requested"
 
 
-@dataclass
-class RunData:
-    """The data of a run, ready for `model.fit`.
+@dataclass(frozen=True)
+class DataSpec:
+    """How batches are drawn, whatever the source.
 
     Attributes:
-        train: Training batches `(x, y, w)` (a `tf.data.Dataset` or a
-            `keras.utils.PyDataset`), shuffled and augmented.
-        val: Validation batches, in order.
+        batch_size: Global batch size.
+        seed: Seed of the shuffle and the flips.
+        augment: `flip` or `none` (training batches only).
+        pipeline: `tf` or `numpy`.
+        pad_to: Pad every batch to a multiple of this with weightless
+            samples (data parallelism that needs equal shares).
+    """
+
+    batch_size: int
+    seed: int = 0
+    augment: str = "none"
+    pipeline: str = "tf"
+    pad_to: int = 1
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The data of a run, decoded once, ready for `model.fit` at any network size.
+
+    Attributes:
         n_train: Number of training samples.
         n_val: Number of validation samples.
         val_source: Where the validation split comes from, in words.
         pipeline: `tf` or `numpy`.
-        class_frequencies: Returns the share of labelled pixels per class
-            in the training split, float64 `(19,)`.
-        samples: `samples(count, spread, size=None)` returns `(names,
-            photos, ids)` for `count` validation samples: uint8 `(K, S, S,
-            3)` and `(K, S, S)`, S the run's image size or `size`; spread
-            evenly over the split when `spread`, else the first ones.
-        source_size: Side of the square photo and label halves of the pair
-            files (of the first training file), or None when they are not
-            square (or the data are not pairs).
+        source_size: Side of the square photos (and of the saved model's input).
+        datasets: `datasets(size)` -> `(train, val)` batches `(x, y, w)`:
+            photos at `source_size`, labels at `size`; the training ones
+            shuffled and augmented. Each call starts the seeded draws anew.
+        class_frequencies: The share of labelled pixels per class in the
+            training split, float64 `(num_classes,)`.
+        samples: `samples(count, spread)` -> `(names, photos, ids)` of
+            `count` validation samples at `source_size`, uint8; spread over
+            the split when `spread`, else the first ones.
     """
 
-    train: object
-    val: object
     n_train: int
     n_val: int
     val_source: str
     pipeline: str
+    source_size: int
+    datasets: Callable[[int], tuple[object, object]]
     class_frequencies: Callable[[], np.ndarray]
     samples: Callable[..., tuple[list[str], np.ndarray, np.ndarray]]
-    source_size: int | None = None
 
 
 def skip_epochs(train: object, count: int) -> None:
@@ -111,12 +119,7 @@ def skip_epochs(train: object, count: int) -> None:
 
     Both pipelines draw each epoch's order and flips from their seed, one
     epoch after the other: a run resumed in a new process skips the epochs
-    it has done, so that its next epochs see the order and flips of the
-    uninterrupted run.
-
-    Args:
-        train: `RunData.train` of either pipeline, before any epoch of it.
-        count: Epochs to skip; 0 or less skips none.
+    it has done, so that its next epochs see those of the uninterrupted run.
     """
     if count <= 0:
         return
@@ -129,201 +132,151 @@ def skip_epochs(train: object, count: int) -> None:
         iter(train)
 
 
-def _stacked(names: list[str], pairs: list, image_size: int):
-    # (names, photos (K, S, S, 3), ids (K, S, S)), also for K = 0.
-    if not pairs:
-        return (
-            [],
-            np.zeros((0, image_size, image_size, 3), np.uint8),
-            np.zeros((0, image_size, image_size), np.uint8),
-        )
-    return names, np.stack([np.asarray(p) for p, _ in pairs]), np.stack([np.asarray(t) for _, t in pairs])
-
-
 def _picks(n: int, count: int, spread: bool) -> np.ndarray:
     if spread:
-        return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
+        return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int)) if n else np.arange(0)
     return np.arange(min(count, n))
 
 
-def from_pairs(
-    train_files: list[str],
-    val_files: list[str],
-    val_source: str,
-    image_size: int,
-    batch_size: int,
-    seed: int,
-    augment: str,
-    pipeline: str = "tf",
-    pad_to: int = 1,
-) -> RunData:
-    """The pair files through tf.data (`pipeline="tf"`) or NumPy.
+def _pair_samples(val_files: list[str], source_size: int):
+    """`RunData.samples` of pair files, decoded with NumPy (the same pixels as tf.data)."""
 
-    Args:
-        train_files: Training pair files.
-        val_files: Validation pair files.
-        val_source: Where the validation files come from, in words.
-        image_size: Side of the square model input.
-        batch_size: Global batch size.
-        seed: Seed of the shuffle and augmentation.
-        augment: One of `decode.AUGMENTS`.
-        pipeline: `tf` or `numpy`.
-        pad_to: Pad every batch to a multiple of this with weightless
-            samples (data parallelism that needs equal shares).
-
-    Returns:
-        A `RunData`.
-    """
-    height, width, _ = jpeg_header(train_files[0])
-    source_size = height if width == 2 * height else None
-    build = _numpy_pairs if pipeline == "numpy" else _tf_pairs
-    return build(
-        train_files, val_files, val_source, image_size, batch_size, seed, augment, pad_to, source_size
-    )
-
-
-def _numpy_pairs(
-    train_files, val_files, val_source, image_size, batch_size, seed, augment, pad_to, source_size
-) -> RunData:
-    # `from_pairs` through numpy_pipeline (no TensorFlow).
-    train = PairDataset(train_files, image_size, batch_size, True, seed, augment, pad_to=pad_to)
-    val = PairDataset(val_files, image_size, batch_size, False, pad_to=pad_to)
-
-    def samples(count: int, spread: bool = True, size: int | None = None):
-        size = size or image_size
-        picks = _picks(len(val.files), count, spread)
-        decoded = [decode_pair_np(val.files[i], size) for i in picks]
-        return _stacked([os.path.basename(val.files[i]) for i in picks], decoded, size)
-
-    return RunData(
-        train,
-        val,
-        len(train.files),
-        len(val.files),
-        val_source,
-        "numpy",
-        lambda: class_frequencies_np(train),
-        samples,
-        source_size,
-    )
-
-
-def _tf_pairs(
-    train_files, val_files, val_source, image_size, batch_size, seed, augment, pad_to, source_size
-) -> RunData:
-    # `from_pairs` through tf_pipeline. Imported here: it imports TensorFlow
-    # (see the module's docstring).
-    import tensorflow as tf
-
-    from cityscapes_unet.data.tf_pipeline import class_frequencies, decode_pair, decoded_dataset, make_dataset
-
-    decoded = decoded_dataset(train_files, image_size)
-
-    def samples(count: int, spread: bool = True, size: int | None = None):
-        size = size or image_size
+    def samples(count: int, spread: bool = True):
         picks = _picks(len(val_files), count, spread)
-        decoded_val = [tuple(t.numpy() for t in decode_pair(tf.constant(val_files[i]), size)) for i in picks]
-        return _stacked([os.path.basename(val_files[i]) for i in picks], decoded_val, size)
+        pairs = [decode_pair_np(val_files[i]) for i in picks]
+        photos = np.zeros((0, source_size, source_size, 3), np.uint8)
+        ids = np.zeros((0, source_size, source_size), np.uint8)
+        if pairs:
+            photos, ids = np.stack([p for p, _ in pairs]), np.stack([t for _, t in pairs])
+        return [os.path.basename(val_files[i]) for i in picks], photos, ids
 
+    return samples
+
+
+def from_pairs(train_files: list[str], val_files: list[str], val_source: str, spec: DataSpec) -> RunData:
+    """The pair files through tf.data or NumPy (`spec.pipeline`); all of one size (`files.scan_pairs`)."""
+    source_size = pair_height(train_files[0])
+    if spec.pipeline == "numpy":
+        train, val = decode_files(train_files, source_size), decode_files(val_files, source_size)
+
+        def datasets(size: int):
+            common = {"batch_size": spec.batch_size, "pad_to": spec.pad_to}
+            return (
+                PairDataset(train, size, training=True, seed=spec.seed, augment=spec.augment, **common),
+                PairDataset(val, size, training=False, **common),
+            )
+
+        frequencies = lambda: class_frequencies_np(train.ids)  # noqa: E731
+    else:
+        # Imported here: it imports TensorFlow (see the module's docstring).
+        from cityscapes_unet.data.tf_pipeline import class_frequencies, decoded_dataset, make_dataset
+
+        train, val = decoded_dataset(train_files, source_size), decoded_dataset(val_files, source_size)
+
+        def datasets(size: int):
+            return (
+                make_dataset(train, size, spec.batch_size, True, spec.seed, spec.augment, spec.pad_to),
+                make_dataset(val, size, spec.batch_size, False, pad_to=spec.pad_to),
+            )
+
+        # Counting the decoded split also fills the cache the training reads.
+        frequencies = lambda: class_frequencies(train)  # noqa: E731
     return RunData(
-        make_dataset(decoded, image_size, batch_size, True, seed, augment, pad_to=pad_to),
-        make_dataset(val_files, image_size, batch_size, False, pad_to=pad_to),
-        len(train_files),
-        len(val_files),
-        val_source,
-        "tf",
-        # Iterating the decoded split also fills the cache the training reads.
-        lambda: class_frequencies(decoded),
-        samples,
-        source_size,
-    )
+        len(train_files), len(val_files), val_source, spec.pipeline, source_size,
+        datasets, frequencies, _pair_samples(val_files, source_size),
+    )  # fmt: skip
+
+
+#: Side of the photos the official Cityscapes is kept at (area-resized from
+#: 2048x1024 when decoded): the pairs' size, or larger for larger networks.
+TFDS_SIZE = 256
 
 
 def from_tfds(
-    image_size: int,
-    batch_size: int,
-    seed: int,
-    augment: str,
-    data_dir: str | None = None,
-    manual_dir: str | None = None,
+    spec: DataSpec, network_size: int, data_dir: str | None = None, manual_dir: str | None = None,
     limit: int | None = None,
-    pad_to: int = 1,
-) -> RunData:
+) -> RunData:  # fmt: skip
     """The official Cityscapes (`train` and `validation`) through TFDS.
 
     Args:
-        image_size: Side of the square model input.
-        batch_size: Global batch size.
-        seed: Seed of the shuffle and augmentation.
-        augment: One of `decode.AUGMENTS`.
+        spec: How batches are drawn.
+        network_size: The largest size the network runs at.
         data_dir: TFDS data directory (None: TFDS' default).
         manual_dir: Folder with the downloaded zips (needed once, to prepare).
         limit: Use only the first N examples of each split.
-        pad_to: See `from_pairs`.
-
-    Returns:
-        A `RunData`.
 
     Raises:
         TfdsSourceError: One line, when the data cannot be read.
     """
     # Imported here: both import TensorFlow (see the module's docstring).
     from cityscapes_unet.data.tf_pipeline import class_frequencies, make_dataset
-    from cityscapes_unet.data.tfds import sample_pairs
+    from cityscapes_unet.data.tfds import load_cityscapes, sample_pairs
 
-    train_dec, n_train = _tfds_split("train", image_size, data_dir, manual_dir, limit)
-    val_dec, n_val = _tfds_split("validation", image_size, data_dir, manual_dir, limit)
+    size = max(TFDS_SIZE, network_size)
+    train = load_cityscapes("train", size, data_dir, manual_dir, limit)
+    val = load_cityscapes("validation", size, data_dir, manual_dir, limit)
+    counts = [
+        _tfds_count(name, ds, data_dir, manual_dir, limit)
+        for name, ds in (("train", train), ("validation", val))
+    ]
 
-    def samples(count: int, spread: bool = True, size: int | None = None):
-        # The first ones: reaching samples spread over the split would
-        # decode every full-resolution example before them.
-        size = size or image_size
-        pairs = sample_pairs("validation", size, min(count, n_val), data_dir, manual_dir) if count else []
-        return _stacked([f"validation #{i + 1}" for i in range(len(pairs))], pairs, size)
+    def datasets(label_size: int):
+        return (
+            make_dataset(train, label_size, spec.batch_size, True, spec.seed, spec.augment, spec.pad_to),
+            make_dataset(val, label_size, spec.batch_size, False, pad_to=spec.pad_to),
+        )
 
-    return RunData(
-        make_dataset(train_dec, image_size, batch_size, True, seed, augment, pad_to=pad_to),
-        make_dataset(val_dec, image_size, batch_size, False, pad_to=pad_to),
-        n_train,
-        n_val,
-        f"TFDS {data_dir or 'default data dir'}: cityscapes/semantic_segmentation, split validation",
-        "tf",
-        lambda: class_frequencies(train_dec),
-        samples,
-    )
+    def samples(count: int, spread: bool = True):
+        # The first ones: reaching samples spread over the split would decode
+        # every full-resolution example before them.
+        pairs = sample_pairs("validation", size, min(count, counts[1]), data_dir, manual_dir) if count else []
+        photos = np.stack([p for p, _ in pairs]) if pairs else np.zeros((0, size, size, 3), np.uint8)
+        ids = np.stack([t for _, t in pairs]) if pairs else np.zeros((0, size, size), np.uint8)
+        return [f"validation #{i + 1}" for i in range(len(pairs))], photos, ids
+
+    where = f"TFDS {data_dir or 'default data dir'}: cityscapes/semantic_segmentation, split validation"
+    return RunData(*counts, where, "tf", size, datasets, lambda: class_frequencies(train), samples)
 
 
-def _tfds_split(split: str, image_size: int, data_dir, manual_dir, limit):
-    # (decoded dataset, number of examples) of one TFDS split. Imported here:
-    # tfds imports TensorFlow (see the module's docstring).
-    from cityscapes_unet.data.tfds import load_cityscapes, num_examples
+def _tfds_count(split: str, decoded, data_dir, manual_dir, limit) -> int:
+    """Examples in a TFDS split (at most `limit`); counted where TFDS has no record (mock data)."""
+    # Imported here: tfds imports TensorFlow (see the module's docstring).
+    from cityscapes_unet.data.tfds import num_examples
 
-    decoded = load_cityscapes(split, image_size, data_dir, manual_dir, limit)
     try:
         n = num_examples(split, data_dir, manual_dir)
-        return decoded, min(n, limit or n)
+        return min(n, limit or n)
     except TfdsSourceError:
-        # Size not recorded (e.g. under tfds.testing.mock_data): count.
-        # This fills the decode cache, as the first epoch would.
-        return decoded, int(decoded.reduce(np.int64(0), lambda count, _: count + 1))
+        # Counting fills the decode cache, as the first epoch would.
+        return int(decoded.reduce(np.int64(0), lambda count, _: count + 1))
+
+
+def _usable(folder: str, limit: int | None, root: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """The usable pairs of `folder` (the first `limit` files), and the skipped ones."""
+    pool = list_images(folder)[: limit or None]
+    good, skipped = scan_pairs(pool)
+    if not good:
+        what = f"no usable pair among {len(pool)} JPEG files" if pool else "no .jpg files"
+        kaggle = os.path.join(root, "cityscapes_data")
+        if not pool and os.path.isdir(kaggle):
+            raise UsageError(
+                f"--data-dir {root}: {what} in {folder}; the pairs are in {kaggle}: pass --data-dir {kaggle}"
+            )
+        raise UsageError(
+            f"--data-dir {root}: {what} in {folder} (put the Cityscapes pairs in {root}/train; see images/README.md)"
+        )
+    return good, skipped
 
 
 def find_data(
-    data_dir: str, limit: int | None = 0, val_split: float = 0.15, seed: int = 42, carve: str = "blocks"
+    data_dir: str, limit: int | None = None, val_split: float = 0.15, seed: int = 42
 ) -> tuple[list[str], list[str], str, list[tuple[str, str]]]:
-    """Locate the train and validation pair files of `cfg.data_dir`.
+    """Locate the train and validation pair files of a data folder.
 
     `DIR/train` (else `DIR` itself) holds training pairs; `DIR/val`, when it
-    exists, is the validation split, else a seeded `val_split` fraction of
-    the training pairs is held out.
-
-    Args:
-        data_dir: The data folder (`--data-dir`).
-        limit: Use at most this many files of each split (0: all).
-        val_split: Fraction held out when there is no `val/`.
-        seed: Seed of that hold-out.
-        carve: How it is drawn: `"random"` files or `"blocks"` of
-            neighbouring files (`split_train_val`).
+    exists, is the validation split, else a seeded `val_split` share of the
+    training pairs is held out as runs of neighbouring files
+    (`split_train_val`).
 
     Returns:
         `(train_files, val_files, val_source, skipped)`.
@@ -336,75 +289,51 @@ def find_data(
         raise UsageError(f"--data-dir {root}: folder not found (put the Cityscapes pairs in {root}/train)")
     train_dir = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else root
     val_dir = os.path.join(root, "val")
-    pool = list_images(train_dir)
-    if limit:
-        pool = pool[:limit]
-    good, skipped = scan_pairs(pool)
-    if not good:
-        what = f"no usable pair among {len(pool)} JPEG files" if pool else "no .jpg files"
-        kaggle = os.path.join(root, "cityscapes_data")
-        if not pool and os.path.isdir(kaggle):
-            raise UsageError(
-                f"--data-dir {root}: {what} in {train_dir}; the pairs are in {kaggle}: pass --data-dir {kaggle}"
-            )
-        raise UsageError(
-            f"--data-dir {root}: {what} in {train_dir} (put the Cityscapes pairs in {root}/train; "
-            "see images/README.md)"
-        )
+    good, skipped = _usable(train_dir, limit, root)
     if os.path.isdir(val_dir) and list_images(val_dir):
-        val_pool = list_images(val_dir)
-        if limit:
-            val_pool = val_pool[:limit]
-        val, val_skipped = scan_pairs(val_pool)
-        skipped += val_skipped
-        if not val:
-            raise UsageError(f"--data-dir {root}: no usable pair in {val_dir}")
-        return good, val, f"folder {val_dir}", skipped
+        val, val_skipped = _usable(val_dir, limit, root)
+        if pair_height(val[0]) != pair_height(good[0]):
+            raise UsageError(
+                f"--data-dir {root}: the pairs in {val_dir} are not the size of those in {train_dir}"
+            )
+        return good, val, f"folder {val_dir}", skipped + val_skipped
     if len(good) < 2:
         raise UsageError(
             f"--data-dir {root}: only {len(good)} usable pair; need 2 or more to hold out validation"
         )
-    train, val = split_train_val(good, val_split, seed, carve)
-    how = "runs of neighbouring files" if carve == "blocks" else "files drawn one by one"
-    return train, val, f"seeded {val_split:.0%} of {train_dir} (seed {seed}, {how})", skipped
+    train, val = split_train_val(good, val_split, seed)
+    return (
+        train,
+        val,
+        f"seeded {val_split:.0%} of {train_dir} (seed {seed}, runs of neighbouring files)",
+        skipped,
+    )
 
 
 def resolve_eval_files(model_path: str, data_dir: str | None) -> tuple[list[str], str, list[tuple[str, str]]]:
-    """The files to score, where they come from, and the files skipped.
+    """The pair files to score, where they come from, and the files skipped.
 
     Without `data_dir`: the validation split of the run that wrote the model,
-    rebuilt from the `config.json` beside it (same folder, fraction, seed).
-    With `data_dir`: `data_dir/val` when it exists, else every pair in
-    `data_dir`.
-
-    Args:
-        model_path: The model to score (its folder holds the run's
-            `config.json`).
-        data_dir: The folder to score, or None for the run's validation
-            split.
-
-    Returns:
-        `(files, source, skipped)`: skipped lists `(path, reason)` of the
-        unusable files, which are not scored.
+    rebuilt from the `config.json` beside it. With `data_dir`: `data_dir/val`
+    when it exists, else every pair in `data_dir`.
 
     Raises:
-        UsageError: When no usable pair is found.
+        UsageError: When no usable pair is found, or the run's split cannot be rebuilt.
     """
     if data_dir is None:
         cfg_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
         if not os.path.isfile(cfg_path):
             raise UsageError(f"--model {model_path}: no config.json beside it; pass --data-dir")
-        with open(cfg_path) as f:
-            saved = json.load(f)
-        _, val, source, skipped = find_data(
-            saved.get("data_dir", "images"),
-            saved.get("limit") or 0,
-            saved.get("val_split", 0.15),
-            saved.get("seed", 42),
-            saved.get("carve", "random"),
+        fields, retired = upgrade_config(read_json(cfg_path, "--model"))
+        if "carve" in retired:
+            raise UsageError(
+                f"--model {model_path}: its run drew validation files one by one, which this version does not rebuild; pass --data-dir"
+            )
+        cfg = TrainConfig(
+            **{k: v for k, v in fields.items() if k in ("data_dir", "limit", "val_split", "seed")}
         )
-        # Those skipped from the folder the split comes from (a carved split's
-        # pool, or the run's val/), not the training folder's.
+        _, val, source, skipped = find_data(cfg.data_dir, cfg.limit, cfg.val_split, cfg.seed)
+        # Those skipped from the folder the split comes from, not the training folder's.
         here = os.path.dirname(val[0])
         return (
             val,

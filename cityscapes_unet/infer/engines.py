@@ -16,6 +16,8 @@ import numpy as np
 
 import utils_func as uf
 from cityscapes_unet.errors import UsageError
+from cityscapes_unet.infer.saved_model import with_tta
+from cityscapes_unet.settings import ENGINES, FORMATS
 
 
 def load_segmentation_model(path: str) -> keras.Model:
@@ -62,29 +64,20 @@ def load_segmentation_model(path: str) -> keras.Model:
     return model
 
 
-#: `--format` choices: what `model.export` (or `save`, for keras) writes,
-#: and the file suffix.
-FORMATS = {"openvino": ".xml", "tf_saved_model": "", "keras": ".keras"}
-
-
-#: `--engine` choices of `predict`.
-ENGINES = ("auto", "keras", "openvino")
-
-
-def default_export_path(model_path: str, fmt: str, tta: str = "saved") -> str:
+def default_export_path(model_path: str, fmt: str, tta: str = "none") -> str:
     """Where `export` writes by default: beside the model, same stem.
 
     Args:
         model_path: The `.keras` file.
-        fmt: One of `FORMATS`.
-        tta: The export's test-time averaging (`saved_model.EXPORT_TTAS`);
-            any but `saved` is added to the stem.
+        fmt: One of `settings.FORMATS`.
+        tta: The export's test-time averaging (`settings.TTAS`); any but
+            `none` is added to the stem.
 
     Returns:
         `DIR/STEM.xml` for OpenVINO, `DIR/STEM_saved_model` for a
-        SavedModel, `DIR/STEM_none.keras` (say) for Keras.
+        SavedModel, `DIR/STEM_flip.keras` (say) for Keras.
     """
-    stem = os.path.splitext(model_path)[0] + ("" if tta == "saved" else f"_{tta}")
+    stem = os.path.splitext(model_path)[0] + ("" if tta == "none" else f"_{tta}")
     return stem + "_saved_model" if fmt == "tf_saved_model" else stem + FORMATS[fmt]
 
 
@@ -208,7 +201,7 @@ def openvino_engine(xml: str, flag: str, precision: str | None = None) -> Engine
     return Engine("openvino", xml, size, lambda x: compiled(x)[out], hint)
 
 
-def load_engine(model_path: str, engine: str = "auto") -> Engine:
+def load_engine(model_path: str, engine: str = "auto", tta: str = "none") -> Engine:
     """Open a model for prediction.
 
     Args:
@@ -216,6 +209,8 @@ def load_engine(model_path: str, engine: str = "auto") -> Engine:
         engine: `auto` (from the file's suffix), `keras` or `openvino`. With
             `openvino` and a `.keras` path, the IR exported beside it is used;
             it must be newer than the `.keras` file.
+        tta: Test-time averaging for a Keras model (`saved_model.with_tta`);
+            an export carries its own (`export --tta`).
 
     Returns:
         An `Engine`.
@@ -229,10 +224,14 @@ def load_engine(model_path: str, engine: str = "auto") -> Engine:
     is_xml = model_path.endswith(".xml")
     if engine == "auto":
         engine = "openvino" if is_xml else "keras"
+    if engine != "keras" and tta != "none":
+        raise UsageError(
+            f"--tta {tta}: an exported model runs what it was exported with; use 'export --tta {tta}'"
+        )
     if engine == "keras":
         if is_xml:
             raise UsageError(f"--model {model_path}: an OpenVINO model; use --engine openvino (or auto)")
-        model = load_segmentation_model(model_path)
+        model = with_tta(load_segmentation_model(model_path), tta)
         return Engine(
             "keras",
             model_path,

@@ -19,7 +19,9 @@ from cityscapes_unet.data.source import resolve_eval_files
 from cityscapes_unet.errors import UsageError
 from cityscapes_unet.infer.engines import load_segmentation_model
 from cityscapes_unet.infer.metrics import confusion_matrix, markdown_report, probabilities_to_ids, scores
+from cityscapes_unet.infer.saved_model import with_tta
 from cityscapes_unet.plots import plot_confusion
+from cityscapes_unet.resize import area_resize, nearest_resize
 
 
 def predict_ids(model, photos: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -38,11 +40,12 @@ def predict_ids(model, photos: np.ndarray, batch_size: int = 16) -> np.ndarray:
 
 
 def _decode(path: str, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
-    """`decode_pair_np` with full-size labels, or the reason the file cannot be decoded."""
+    """A pair's photo and ids at the model's size, and its ids at their own; or why it cannot be decoded."""
     try:
-        return decode_pair_np(path, size, full_labels=True)
+        photo, full = decode_pair_np(path)
     except ValueError as e:
         return str(e)
+    return area_resize(photo, size, size), nearest_resize(full, size, size), full
 
 
 def decoded_batches(
@@ -60,7 +63,7 @@ def decoded_batches(
         workers: Decoding threads; up to 8 by default.
 
     Yields:
-        Lists of `(photo, ids, full_ids)`: uint8 `(size, size, 3)`, uint8
+        Lists of `(photo, ids, full_ids)`: float32 `(size, size, 3)`, uint8
         `(size, size)` and uint8 `(H, W)` at the label's own size, in file
         order; empty lists are not yielded.
     """
@@ -89,9 +92,9 @@ def evaluate_files(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Confusion matrices of `model` over pair files, at two resolutions.
 
-    Photos go through the training pipeline's decoding (`decode_pair_np`,
-    the tf.data decoding bit for bit: area resize to the model's input
-    size), and labels are decoded by nearest colour at their own size. The
+    Photos and labels are decoded as training decodes them (`decode_pair_np`);
+    a photo of another size than the model's input is area-resized to it
+    (`resize.area_resize`), its labels picked by nearest neighbour. The
     first matrix compares the argmax with the labels resized to the model's
     size by nearest neighbour: the figures training reports for the same
     split. The second compares with the labels at their own size, the
@@ -153,14 +156,21 @@ def write_report(
     return result
 
 
-def run_evaluate(model_path: str, data_dir: str | None, output_dir: str | None, batch_size: int = 16) -> dict:
+def run_evaluate(
+    model: str = "output/unet_model.keras",
+    data_dir: str | None = None,
+    output_dir: str | None = None,
+    batch_size: int = 16,
+    tta: str = "none",
+) -> dict:
     """Score a model and write its report; print the table.
 
     Args:
-        model_path: `.keras` file.
+        model: `.keras` file.
         data_dir: Pairs to score, or None for the run's validation split.
         output_dir: Report folder; `<model folder>/eval` when None.
         batch_size: Batch size.
+        tta: Test-time averaging (`settings.TTAS`).
 
     Returns:
         The report dict: `scores` at the model's size, `label_resolution`
@@ -172,14 +182,16 @@ def run_evaluate(model_path: str, data_dir: str | None, output_dir: str | None, 
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
-    model = load_segmentation_model(model_path)
+    model_path = model
+    model = with_tta(load_segmentation_model(model_path), tta)
     files, source, skipped = resolve_eval_files(model_path, data_dir)
     out = output_dir or os.path.join(os.path.dirname(os.path.abspath(model_path)), "eval")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--output-dir {out}: cannot write there ({e.strerror or e})") from None
-    print(f"Scoring {model_path} on {len(files)} pairs: {source}")
+    averaging = "" if tta == "none" else f" (test-time averaging: {tta})"
+    print(f"Scoring {model_path}{averaging} on {len(files)} pairs: {source}")
     if skipped:
         io.atomic_write_text(
             os.path.join(out, "skipped.txt"), "".join(f"{display_name(p)}\t{why}\n" for p, why in skipped)
@@ -190,7 +202,13 @@ def run_evaluate(model_path: str, data_dir: str | None, output_dir: str | None, 
     result = write_report(
         cm,
         out,
-        {"model": model_path, "files": len(files), "source": source, "image_size": int(model.input_shape[1])},
+        {
+            "model": model_path,
+            "tta": tta,
+            "files": len(files),
+            "source": source,
+            "image_size": int(model.input_shape[1]),
+        },
         cm_full,
     )
     print(markdown_report(result, title=f"{os.path.basename(model_path)} on {len(files)} pairs"))

@@ -6,8 +6,8 @@ checks it against the Keras model on a few photos, in float32 and, on a CPU
 with bf16 units, in bf16; bf16 is recorded in the IR for `predict --engine
 openvino` to use where its classes match Keras' closely enough. OpenVINO is
 an optional dependency (`requirements-optional.txt`). `--tta flip` or
-`none` exports the same network with less test-time averaging, for speed
-(`saved_model.with_tta`); `--format keras` writes that as a `.keras` file.
+`scales` builds test-time averaging into the export (`saved_model.with_tta`);
+`--format keras` writes that as a `.keras` file.
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ import numpy as np
 
 import utils_func as uf
 from cityscapes_unet import io
-from cityscapes_unet.data.numpy_pipeline import resize_area
 from cityscapes_unet.data.source import resolve_eval_files, tensorflow_installed
 from cityscapes_unet.errors import UsageError
 from cityscapes_unet.infer.engines import (
-    FORMATS,
     PRECISION_KEY,
     default_export_path,
     load_segmentation_model,
@@ -34,7 +32,9 @@ from cityscapes_unet.infer.engines import (
     precisions_here,
     require_openvino,
 )
-from cityscapes_unet.infer.saved_model import EXPORT_TTAS, with_tta
+from cityscapes_unet.infer.saved_model import with_tta
+from cityscapes_unet.resize import area_resize
+from cityscapes_unet.settings import FORMATS, TTAS
 
 
 def check_photos(model_path: str, size: int, count: int = 8) -> tuple[np.ndarray, str]:
@@ -54,7 +54,7 @@ def check_photos(model_path: str, size: int, count: int = 8) -> tuple[np.ndarray
     """
     try:
         files, _, _ = resolve_eval_files(model_path, None)
-        photos = [resize_area(io.split_pair(io.read_photo(f))[0], size, size) for f in files[:count]]
+        photos = [area_resize(io.split_pair(io.read_photo(f))[0], size, size) for f in files[:count]]
         if photos:
             return np.stack(photos).astype(np.float32), f"{len(photos)} validation photos of the run"
     except Exception:  # noqa: BLE001 - no run data: fall back to synthetic photos
@@ -71,11 +71,11 @@ def _check_format(fmt: str, tta: str) -> None:
     """Refuse a format or averaging that is unknown or cannot be written here."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
-    if tta not in EXPORT_TTAS:
-        raise UsageError(f"--tta {tta}: must be one of {', '.join(EXPORT_TTAS)}")
+    if tta not in TTAS:
+        raise UsageError(f"--tta {tta}: must be one of {', '.join(TTAS)}")
     if fmt == "keras":
-        if tta == "saved":
-            raise UsageError("--format keras: the model is a .keras file already; give --tta flip or none")
+        if tta == "none":
+            raise UsageError("--format keras: the model is a .keras file already; give --tta flip or scales")
         return  # Keras' own save: any backend, no TensorFlow needed
     if fmt == "openvino":
         require_openvino("--format openvino")
@@ -137,16 +137,20 @@ def _export_openvino(model: keras.Model, model_path: str, out: str) -> tuple[dic
     return agreements, check, precision
 
 
-def run_export(model_path: str, fmt: str = "openvino", out: str | None = None, tta: str = "saved") -> dict:
+def run_export(
+    model: str = "output/unet_model.keras",
+    format: str = "openvino",
+    tta: str = "none",
+    out: str | None = None,
+) -> dict:
     """Export a `.keras` model and check the export against it.
 
     Args:
-        model_path: The `.keras` file.
-        fmt: One of `FORMATS`.
+        model: The `.keras` file.
+        format: One of `settings.FORMATS`.
+        tta: Test-time averaging built into the export (`settings.TTAS`, `with_tta`).
         out: Destination (`.xml` for OpenVINO, a folder for a SavedModel,
             `.keras` for Keras); beside the model by default.
-        tta: One of `EXPORT_TTAS`: the saved model's test-time averaging,
-            or less of it for speed (`with_tta`).
 
     Returns:
         `{"path", "format", "seconds", "agreement", "agreements", "precision",
@@ -160,6 +164,7 @@ def run_export(model_path: str, fmt: str = "openvino", out: str | None = None, t
     Raises:
         UsageError: For a bad model, format or destination.
     """
+    model_path, fmt = model, format
     _check_format(fmt, tta)
     model = with_tta(load_segmentation_model(model_path), tta)
     out = _destination(model_path, fmt, out, tta)
@@ -174,17 +179,14 @@ def run_export(model_path: str, fmt: str = "openvino", out: str | None = None, t
         model.export(out, format="tf_saved_model", verbose=False)
     seconds = time.perf_counter() - t0
     size = int(model.input_shape[1])
-    averaging = "" if tta == "saved" else f", test-time averaging: {tta}"
-    line = (
-        f"Exported {model_path} ({size}x{size}, {uf.NUM_CLASSES} classes{averaging}) as {fmt} to {out} "
-        f"in {seconds:.1f} s"
-    )
+    averaging = "" if tta == "none" else f", test-time averaging: {tta}"
+    line = f"Exported {model_path} ({size}x{size}, {uf.NUM_CLASSES} classes{averaging}) as {fmt} to {out} in {seconds:.1f} s"
     if agreements:
         shares = ", ".join(f"{p} {100 * v:.2f}% of pixels" for p, v in agreements.items())
         line += f"; same class as Keras: {shares} ({check}); runs in {precision}"
-    print(line)
-    if fmt in ("openvino", "keras"):
-        print(f"Use it: python main.py predict --model {out} INPUT...")
+    print(
+        line + (f"\nUse it: python main.py predict --model {out} INPUT..." if fmt != "tf_saved_model" else "")
+    )
     return {
         "path": out,
         "format": fmt,

@@ -17,12 +17,12 @@ import numpy as np
 import utils_func as uf
 from cityscapes_unet import plots
 from cityscapes_unet.data.files import natural_key
-from cityscapes_unet.data.numpy_pipeline import resize_area
 from cityscapes_unet.errors import InputError, UsageError
 from cityscapes_unet.infer.engines import Engine, load_engine
 from cityscapes_unet.infer.metrics import confusion_matrix, probabilities_to_ids, scores
 from cityscapes_unet.infer.video import VIDEO_SUFFIXES, is_video, predict_video
 from cityscapes_unet.io import read_photo, split_pair, write_png
+from cityscapes_unet.resize import area_resize
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Threads that read inputs and encode outputs while the model runs: OpenCV's
@@ -115,8 +115,8 @@ def _read_input(path: str, stem: str, pairs: bool, size: int) -> tuple[_Input, n
         photo, truth = split_pair(image) if pairs else (image, None)
     except InputError as e:
         return str(e)
-    # The area resize of the training pipeline, bit for bit.
-    return _Input(path, stem, photo, truth), resize_area(photo, size, size)
+    # The models' own area resize (their inside one resizes on from there).
+    return _Input(path, stem, photo, truth), area_resize(photo, size, size)
 
 
 def _write_outputs(item: _Input, probs: np.ndarray, out_dir: str) -> np.ndarray | None:
@@ -247,13 +247,14 @@ def _summarise(tally: _Tally, runner: Engine, out_dir: str, pairs: bool, seconds
 
 
 def run_predict(
-    model_path: str,
     inputs: list[str],
-    out_dir: str,
+    model: str = "output/unet_model.keras",
+    engine: str = "auto",
+    out: str = "output/predictions",
     pairs: bool = False,
     batch_size: int = 8,
-    engine: str = "auto",
     frame_ids: bool = False,
+    tta: str = "none",
 ) -> dict:
     """Predict every input photo and video and write its class ids and overlay.
 
@@ -265,13 +266,14 @@ def run_predict(
     each video `NAME`: `NAME_overlay.mp4` (see `video.predict_video`).
 
     Args:
-        model_path: `.keras` model, or an OpenVINO `.xml`.
         inputs: Photo files and folders.
-        out_dir: Output folder.
+        model: `.keras` model, or an OpenVINO `.xml`.
+        engine: `auto`, `keras` or `openvino` (see `engines.load_engine`).
+        out: Output folder.
         pairs: Treat inputs as side-by-side pairs.
         batch_size: Prediction batch size.
-        engine: `auto`, `keras` or `openvino` (see `engines.load_engine`).
         frame_ids: For videos, also write each frame's ids PNG.
+        tta: Test-time averaging (`settings.TTAS`), for a `.keras` model.
 
     Returns:
         Summary: `predicted` (photos), `videos`, `frames`, `skipped`, `seconds`, `out_dir`, `model_input`,
@@ -283,7 +285,8 @@ def run_predict(
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
     files = collect_inputs(inputs)
-    runner = load_engine(model_path, engine)
+    runner = load_engine(model, engine, tta)
+    out_dir = out
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:

@@ -16,11 +16,11 @@ import keras
 import numpy as np
 
 from cityscapes_unet import plots
-from cityscapes_unet.data.numpy_pipeline import resize_area
 from cityscapes_unet.errors import InputError
 from cityscapes_unet.infer.engines import Engine
 from cityscapes_unet.infer.metrics import probabilities_to_ids
 from cityscapes_unet.io import atomic_file, write_png
+from cityscapes_unet.resize import area_resize
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 # MPEG-4 Part 2: the codec every OpenCV build (pip wheels included) writes.
@@ -110,7 +110,7 @@ def predict_video(
             if not writer.isOpened():
                 raise InputError(f"cannot write an {FOURCC} video with this OpenCV build")
             for frames in frame_batches(cap, batch_size):
-                x = np.stack([resize_area(f, size, size) for f in frames]).astype(np.float32)
+                x = np.stack([area_resize(f, size, size) for f in frames])
                 for frame, probs in zip(frames, runner.predict(x), strict=True):
                     ids = probabilities_to_ids(probs, height, width)
                     writer.write(cv2.cvtColor(plots.overlay(frame, ids), cv2.COLOR_RGB2BGR))

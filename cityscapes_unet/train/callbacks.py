@@ -17,6 +17,7 @@ import numpy as np
 
 from cityscapes_unet import io, plots
 from cityscapes_unet.errors import TrainingError
+from cityscapes_unet.infer.metrics import probabilities_to_ids
 from cityscapes_unet.train.distribute import portable_batchnorm, predict_padded
 
 
@@ -89,7 +90,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         path: Destination `.keras` file.
         monitor: Log key to maximise.
         to_save: Maps the training model to the model written, e.g.
-            `segmentation_model.at_source_size`; the training model itself
+            `saved_model.saved_model`; the training model itself
             when None.
     """
 
@@ -325,9 +326,13 @@ class ProgressPictures(keras.callbacks.Callback):
     the end of training, `progress.gif` with every picture as a frame. With
     `log_dir`, the pictures also go to TensorBoard (TensorFlow only).
 
+    The model's scores, at the size it trains at, are resized to the
+    photos' (bilinearly; the argmax after), as the saved model does: every
+    picture is at the photos' size, whatever size an epoch trains at.
+
     Args:
-        photos: uint8 `(K, H, W, 3)` photos at the model's input size.
-        truths: Class ids `(K, H, W)`.
+        photos: uint8 `(K, S, S, 3)` photos at the model's input size.
+        truths: Class ids `(K, S, S)`.
         output_dir: Run folder; pictures go to `output_dir/progress/`.
         every: Draw every `every` epochs (the last epoch is always drawn).
         log_dir: TensorBoard folder for the images, or None.
@@ -356,7 +361,8 @@ class ProgressPictures(keras.callbacks.Callback):
         self._epochs = None
 
     def _draw(self, epoch: int, logs: dict | None = None) -> None:
-        pred = predict_padded(self.model, self.photos.astype(np.float32), self.pad_to).argmax(-1)
+        scores = predict_padded(self.model, self.photos.astype(np.float32), self.pad_to)
+        pred = [probabilities_to_ids(p, *t.shape) for p, t in zip(scores, self.truths, strict=True)]
         title = f"epoch {epoch}" if epoch else "before training"
         if logs and "val_mean_iou" in logs:
             title += f": validation mean IoU {float(logs['val_mean_iou']):.3f}"

@@ -5,8 +5,8 @@ each global batch between them: `tf.distribute.MirroredStrategy` under
 TensorFlow, `keras.distribution.DataParallel` under JAX. `--distribute
 multiworker` does the same over several machines with TensorFlow's
 `MultiWorkerMirroredStrategy`, configured by the `TF_CONFIG` environment
-variable. `--set cpu_replicas=N` splits a CPU into N devices, so that both run
-(slowly) on a machine without GPUs; that is how they are tested.
+variable. `CITYSCAPES_CPU_REPLICAS=N` splits a CPU into N devices, so that
+both run (slowly) on a machine without GPUs; that is how they are tested.
 
 Every worker runs the same program on the same seeded data; TensorFlow
 shards each batch between them. Only the chief writes the run's outputs:
@@ -26,7 +26,20 @@ import numpy as np
 
 from cityscapes_unet.errors import DistributeError
 
-DISTRIBUTE = ("none", "mirrored", "multiworker")
+#: The environment variable that splits a CPU into N devices for `--distribute mirrored`.
+CPU_REPLICAS = "CITYSCAPES_CPU_REPLICAS"
+
+
+def cpu_replicas_from_env() -> int:
+    """The CPU devices `CITYSCAPES_CPU_REPLICAS` asks for (1 when unset).
+
+    Raises:
+        DistributeError: For a value that is not a positive integer.
+    """
+    raw = os.environ.get(CPU_REPLICAS, "1")
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise DistributeError(f"{CPU_REPLICAS}={raw}: must be a positive integer")
+    return int(raw)
 
 
 def split_cpu(replicas: int) -> None:
@@ -51,14 +64,14 @@ def split_cpu(replicas: int) -> None:
             )
         except RuntimeError:
             raise DistributeError(
-                f"--set cpu_replicas={replicas}: TensorFlow has started already; it must be set first"
+                f"{CPU_REPLICAS}={replicas}: TensorFlow has started already; it must be set first"
             ) from None
     elif backend == "jax":
         # Read when JAX first lists its devices, which has not happened yet.
         flag = f"--xla_force_host_platform_device_count={replicas}"
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
     else:
-        raise DistributeError(f"--set cpu_replicas={replicas}: not available with the {backend} backend")
+        raise DistributeError(f"{CPU_REPLICAS}={replicas}: not available with the {backend} backend")
 
 
 def _chief_of(tf_config: dict) -> bool:
@@ -106,7 +119,7 @@ class Distribution:
     """How a run spreads over devices.
 
     Attributes:
-        mode: One of `DISTRIBUTE`.
+        mode: `none`, `mirrored` or `multiworker`.
         replicas: Number of model replicas (devices over all workers).
         is_chief: Whether this process writes the outputs.
         description: One line for the log.
@@ -139,9 +152,9 @@ def setup(mode: str, cpu_replicas: int = 1) -> Distribution:
     """Create the distribution of `--distribute MODE`; call before any other backend work.
 
     Args:
-        mode: One of `DISTRIBUTE`.
+        mode: `none`, `mirrored` or `multiworker`.
         cpu_replicas: Split the CPU into this many devices (for machines
-            without GPUs; see `split_cpu`).
+            without GPUs; see `split_cpu` and `CPU_REPLICAS`).
 
     Returns:
         A `Distribution`.
@@ -171,14 +184,10 @@ def check_mode(mode: str, cpu_replicas: int, backend: str) -> None:
     Raises:
         DistributeError: One line, why it cannot run.
     """
-    if mode not in DISTRIBUTE:
-        raise DistributeError(f"--distribute {mode}: must be one of {', '.join(DISTRIBUTE)}")
-    if cpu_replicas < 1:
-        raise DistributeError(f"--set cpu_replicas={cpu_replicas}: must be at least 1")
     lone_cpu_split = mode != "mirrored" and cpu_replicas > 1
     if mode == "none":
         if lone_cpu_split:
-            raise DistributeError(f"--set cpu_replicas={cpu_replicas}: only with --distribute mirrored")
+            raise DistributeError(f"{CPU_REPLICAS}={cpu_replicas}: only with --distribute mirrored")
         return
     if backend == "torch":
         raise DistributeError(
@@ -189,7 +198,7 @@ def check_mode(mode: str, cpu_replicas: int, backend: str) -> None:
             "--distribute multiworker: needs the TensorFlow backend (JAX: --distribute mirrored on one machine)"
         )
     if lone_cpu_split:
-        raise DistributeError(f"--set cpu_replicas={cpu_replicas}: only with --distribute mirrored")
+        raise DistributeError(f"{CPU_REPLICAS}={cpu_replicas}: only with --distribute mirrored")
 
 
 def _jax_data_parallel(mode: str, cpu_replicas: int) -> Distribution:
@@ -310,7 +319,7 @@ def predict_padded(model: keras.Model, x, multiple: int = 1):
     return np.asarray(model.predict(x, batch_size=len(x), verbose=0))[:n]
 
 
-def prebuild(model: keras.Model, dist: Distribution, image_size: int, num_classes: int) -> None:
+def prebuild(model: keras.Model, dist: Distribution) -> None:
     """Build the model's training state from shapes before `fit` under a TensorFlow strategy.
 
     Under a strategy, Keras 3's `fit` and `evaluate` first take one batch
@@ -326,15 +335,14 @@ def prebuild(model: keras.Model, dist: Distribution, image_size: int, num_classe
     Args:
         model: Compiled model, built in `dist.scope()`.
         dist: The distribution (nothing to do without a strategy).
-        image_size: Side of the square input.
-        num_classes: Number of classes.
     """
     if dist.strategy is None:
         return
+    scores = model.output_shape[1:]
     batch = (
-        np.zeros((1, image_size, image_size, 3), np.uint8),
-        np.zeros((1, image_size, image_size, num_classes), np.uint8),
-        np.zeros((1, image_size, image_size), np.uint8),
+        np.zeros((1, *model.input_shape[1:]), np.uint8),
+        np.zeros((1, *scores), np.uint8),
+        np.zeros((1, *scores[:-1]), np.uint8),
     )
     with dist.scope():
         model._symbolic_build(data_batch=batch)

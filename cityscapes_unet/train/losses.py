@@ -1,9 +1,9 @@
-"""Training losses: class weights, and cross-entropy plus Dice or Lovasz.
+"""Training losses: class weights, and cross-entropy with or without the Lovasz term.
 
 Cross-entropy alone stays a Keras built-in (see `make_loss`), so a model
-trained with it loads anywhere. The Dice and Lovasz terms need classes of
-their own; they are registered, and `keras.models.load_model(path,
-compile=False)` loads a model trained with them without this module.
+trained with it loads anywhere. The Lovasz term needs a class of its own;
+it is registered, and `keras.models.load_model(path, compile=False)` loads a
+model trained with it without this module.
 """
 
 from __future__ import annotations
@@ -12,13 +12,18 @@ import keras
 import numpy as np
 from keras import ops
 
+#: Power of the class weights, `frequency ** -CLASS_WEIGHT_POWER`; docs/experiments.md
+#: has the runs that chose it.
+CLASS_WEIGHT_POWER = 0.2
 
-def class_weights(frequencies: np.ndarray, power: float, max_weight: float = 10.0) -> np.ndarray:
+
+def class_weights(
+    frequencies: np.ndarray, power: float = CLASS_WEIGHT_POWER, max_weight: float = 10.0
+) -> np.ndarray:
     """Per-class loss weights that lift rare classes: `f ** -power`.
 
     A power under 1 is milder than inverse frequency: with 0.5 a class 100
-    times rarer than another gets 10 times its weight, not 100. The run's
-    power is `TrainConfig.class_weight_power`.
+    times rarer than another gets 10 times its weight, not 100.
     Weights are scaled so that their pixel-weighted mean is 1 (the loss
     keeps its scale), then clipped to `[1 / max_weight, max_weight]`.
     Classes absent from the data get `max_weight`.
@@ -38,59 +43,6 @@ def class_weights(frequencies: np.ndarray, power: float, max_weight: float = 10.
     if present.any():
         w[present] /= (f[present] * w[present]).sum() / f[present].sum()
     return np.clip(w, 1.0 / max_weight, max_weight).astype(np.float32)
-
-
-@keras.saving.register_keras_serializable(package="cityscapes_unet")
-class CrossEntropyDice(keras.losses.Loss):
-    """Per-pixel (class-weighted) cross-entropy plus a soft Dice term.
-
-    Void pixels have an all-zero one-hot row: they add nothing to the
-    cross-entropy (and the sample weights leave them out of its mean), and
-    their predictions are masked out of the Dice sums. The Dice term is
-    computed over the whole batch per class and averaged over classes, so
-    rare classes weigh as much as road; it is added to every pixel's loss,
-    which with `mean_with_sample_weight` adds it once to the mean.
-
-    Args:
-        class_weights: Per-class cross-entropy weights, or None for 1.
-        dice_weight: Weight of the Dice term.
-        smooth: Added to the Dice numerator and denominator (a class absent
-            from the batch and not predicted scores 1).
-        name: Loss name.
-        reduction: Keras reduction; keep `mean_with_sample_weight`.
-    """
-
-    def __init__(
-        self,
-        class_weights=None,
-        dice_weight: float = 1.0,
-        smooth: float = 1.0,
-        name: str = "ce_dice",
-        reduction: str = "mean_with_sample_weight",
-        **kwargs,
-    ):
-        super().__init__(name=name, reduction=reduction, **kwargs)
-        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
-        self.dice_weight = float(dice_weight)
-        self.smooth = float(smooth)
-
-    def call(self, y_true, y_pred):
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.cast(y_true, y_pred.dtype)
-        ce = _cross_entropy(y_true, y_pred, self.class_weights)
-        labelled = ops.sum(y_true, axis=-1, keepdims=True)  # 0 on void
-        inter = ops.sum(y_true * y_pred, axis=(0, 1, 2))  # (C,)
-        total = ops.sum(y_true + y_pred * labelled, axis=(0, 1, 2))
-        dice = 1.0 - ops.mean((2.0 * inter + self.smooth) / (total + self.smooth))
-        return ce + self.dice_weight * dice
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "class_weights": self.class_weights,
-            "dice_weight": self.dice_weight,
-            "smooth": self.smooth,
-        }
 
 
 def _cross_entropy(y_true, y_pred, class_weights):
@@ -255,9 +207,9 @@ class CrossEntropyLovasz(keras.losses.Loss):
     """Per-pixel (class-weighted) cross-entropy plus the Lovasz-softmax term.
 
     The cross-entropy keeps every pixel's gradient; the Lovasz term
-    (`lovasz_softmax`) pushes on the mean IoU directly. Like the Dice term
-    of `CrossEntropyDice`, it is added to every pixel's loss, which with
-    `mean_with_sample_weight` adds it once to the mean.
+    (`lovasz_softmax`) pushes on the mean IoU directly. It is added to every
+    pixel's loss, which with `mean_with_sample_weight` adds it once to the
+    mean.
 
     Args:
         class_weights: Per-class cross-entropy weights, or None for 1.
@@ -303,10 +255,8 @@ class CrossEntropyLovasz(keras.losses.Loss):
         }
 
 
-def make_loss(
-    class_weights: np.ndarray | None = None, kind: str = "ce", lovasz_weight: float = 1.0
-) -> keras.losses.Loss:
-    """Categorical cross-entropy averaged over the labelled pixels.
+def make_loss(kind: str = "ce", class_weights: np.ndarray | None = None) -> keras.losses.Loss:
+    """Categorical cross-entropy averaged over the labelled pixels, with the Lovasz term for `ce_lovasz`.
 
     Ignored pixels have weight 0 (the sample weights) and an all-zero one-hot
     row; `mean_with_sample_weight` divides by the number of labelled pixels.
@@ -314,34 +264,17 @@ def make_loss(
     is exactly class-weighted cross-entropy (`alpha` per class), and stays a
     built-in that loads without this project.
 
-    `kind="ce_dice"` adds a soft Dice term (`CrossEntropyDice`);
-    `kind="ce_lovasz"` adds the Lovasz-softmax term, a surrogate of the
-    mean IoU itself (`CrossEntropyLovasz`);
-    `kind="focal"` is Keras' `CategoricalFocalCrossentropy` with `gamma=2`
-    (the class weights as `alpha`), which down-weights pixels already
-    classified with confidence.
-
     Args:
+        kind: `ce` or `ce_lovasz` (`CrossEntropyLovasz`).
         class_weights: Per-class weights `(num_classes,)`, or None.
-        kind: One of `LOSSES`.
-        lovasz_weight: Weight of the Lovasz term of `ce_lovasz`.
 
     Returns:
         A Keras loss.
     """
     # Rounded: the weights are written into the model's config.
     weights = None if class_weights is None else [round(float(w), 4) for w in class_weights]
-    if kind == "ce_dice":
-        return CrossEntropyDice(weights)
     if kind == "ce_lovasz":
-        return CrossEntropyLovasz(weights, lovasz_weight)
-    if kind == "focal":
-        return keras.losses.CategoricalFocalCrossentropy(
-            alpha=1.0 if weights is None else weights,
-            gamma=2.0,
-            reduction="mean_with_sample_weight",
-            name="focal_crossentropy",
-        )
+        return CrossEntropyLovasz(weights)
     if weights is None:
         return keras.losses.CategoricalCrossentropy(reduction="mean_with_sample_weight")
     return keras.losses.CategoricalFocalCrossentropy(

@@ -12,10 +12,19 @@ from cityscapes_unet.data.files import (  # noqa: E402
     check_pair,
     jpeg_header,
     list_images,
+    scan_pairs,
     split_train_val,
 )
-from cityscapes_unet.data.tf_pipeline import decode_pair, make_dataset, to_model_inputs  # noqa: E402
+from cityscapes_unet.data.tf_pipeline import decode_pair, decoded_dataset, to_model_inputs  # noqa: E402
+from cityscapes_unet.data.tf_pipeline import make_dataset as make_from_decoded  # noqa: E402
 from conftest import make_pair, write_pairs  # noqa: E402
+
+
+def make_dataset(paths, label_size, batch_size, training, **kwargs):
+    """Batches of pair files of one size, labels at `label_size`."""
+    return make_from_decoded(
+        decoded_dataset(paths, jpeg_header(paths[0])[0]), label_size, batch_size, training, **kwargs
+    )
 
 
 def test_decode_pair_full_size_matches_drawn_ids(tmp_path):
@@ -36,30 +45,14 @@ def test_decode_pair_full_size_matches_drawn_ids(tmp_path):
     np.testing.assert_array_equal(ids[interior], ids_true[interior])
 
 
-def test_labels_resized_with_nearest_only(tmp_path):
+def test_labels_picked_with_nearest_only(tmp_path):
     paths = write_pairs(tmp_path, 1, size=64)
     _, ids_full = (t.numpy() for t in decode_pair(tf.constant(paths[0]), 64))
-    _, ids_small = (t.numpy() for t in decode_pair(tf.constant(paths[0]), 16))
-    assert ids_small.shape == (16, 16)
-    # Nearest neighbour: every small id is one of the full-size ids, and in
-    # fact the full-size id at the sampled position.
-    assert set(np.unique(ids_small)) <= set(np.unique(ids_full))
+    x, y, w = next(iter(make_dataset(paths, 16, 1, training=False)))
+    assert x.shape == (1, 64, 64, 3) and y.shape == (1, 16, 16, 19)
+    # Nearest neighbour: every small id is the full-size id at the pixel under its centre.
+    ids_small = np.where(w.numpy()[0] == 1, y.numpy()[0].argmax(-1), 255)
     np.testing.assert_array_equal(ids_small, ids_full[2::4, 2::4])
-
-
-@pytest.mark.parametrize("size", [16, 24, 48])
-def test_resized_ids_equal_those_of_the_full_decode(tmp_path, size):
-    # decode_pair looks up only the colours of the pixels that nearest
-    # neighbour picks; the ids must equal decoding every label pixel and
-    # resizing the ids. The JPEG-blurred edges make colours off the palette.
-    path = tf.constant(write_pairs(tmp_path, 1, size=32)[0])
-    photo, ids = (t.numpy() for t in decode_pair(path, size))
-    f_photo, f_ids, full = (t.numpy() for t in decode_pair(path, size, full_labels=True))
-    np.testing.assert_array_equal(photo, f_photo)
-    np.testing.assert_array_equal(ids, f_ids)
-    resized = tf.image.resize(full[..., None], (size, size), method="nearest")[..., 0].numpy()
-    np.testing.assert_array_equal(ids, resized)
-    assert (ids == 255).any() and (ids != 255).any()
 
 
 def test_to_model_inputs_one_hot_and_weights():
@@ -74,7 +67,7 @@ def test_to_model_inputs_one_hot_and_weights():
 
 def test_dataset_batches_shapes_and_alignment(tmp_path):
     paths = write_pairs(tmp_path, 6, size=32)
-    ds = make_dataset(paths, 32, 4, training=True, seed=1)
+    ds = make_dataset(paths, 32, 4, training=True, seed=1, augment="flip")
     batches = list(ds)
     assert [b[0].shape[0] for b in batches] == [4, 2]
     for x, y, w in batches:
@@ -92,7 +85,7 @@ def test_pipelines_run_without_the_autotuning_thread(tmp_path):
     # Keras drops the training and validation iterators every epoch.
     paths = write_pairs(tmp_path, 4, size=16)
     for training in (True, False):
-        ds = make_dataset(paths, 16, 2, training=training, seed=1, augment=False)
+        ds = make_dataset(paths, 16, 2, training=training, seed=1)
         assert ds.options().autotune.enabled is False
         assert sum(int(x.shape[0]) for x, _, _ in ds) == 4
 
@@ -101,7 +94,7 @@ def test_shuffle_is_seeded_and_reshuffles(tmp_path):
     paths = write_pairs(tmp_path, 8, size=16)
 
     def epochs(seed):
-        ds = make_dataset(paths, 16, 8, training=True, seed=seed, augment=False)
+        ds = make_dataset(paths, 16, 8, training=True, seed=seed)
         # Each synthetic photo has its own pixel sum: a fingerprint of order.
         return [tuple(x.numpy().sum(axis=(1, 2, 3)).tolist()) for _ in range(2) for x, _, _ in ds]
 
@@ -121,15 +114,15 @@ def test_split_is_seeded_and_disjoint():
 
 
 @pytest.mark.parametrize("n, fraction", [(100, 0.15), (2472, 0.15), (20, 0.5), (3, 0.15), (10, 0.9)])
-def test_block_carve_holds_out_runs_of_neighbours(n, fraction):
+def test_split_holds_out_runs_of_neighbours(n, fraction):
     files = [f"{i}.jpg" for i in range(n)]
-    tr, va = split_train_val(files, fraction, seed=3, carve="blocks")
-    assert len(va) == len(split_train_val(files, fraction, seed=3)[1])  # the random carve's size
+    tr, va = split_train_val(files, fraction, seed=3)
+    assert len(va) == min(max(1, round(n * fraction)), n - 1)
     assert not set(tr) & set(va) and set(tr) | set(va) == set(files) and tr and va
     index = sorted(int(f.split(".")[0]) for f in va)
     runs = 1 + sum(b - a > 1 for a, b in zip(index, index[1:], strict=False))
     assert runs == min(VAL_BLOCKS, len(va), len(tr) + 1)  # distinct runs that never touch
-    assert split_train_val(files, fraction, seed=3, carve="blocks") == (tr, va)
+    assert split_train_val(files, fraction, seed=3) == (tr, va)
 
 
 def test_header_checks(tmp_path):
@@ -159,6 +152,14 @@ def test_header_checks(tmp_path):
     assert "truncated" in reasons["trunc.jpg"]
 
 
+def test_scan_keeps_the_first_pairs_size(tmp_path):
+    small = write_pairs(tmp_path / "a", 2, size=16)
+    large = write_pairs(tmp_path / "b", 1, size=32)
+    good, skipped = scan_pairs([small[0], *large, small[1]])
+    assert good == small and [p for p, _ in skipped] == large
+    assert "64x32, not 32x16" in skipped[0][1]
+
+
 def test_list_images_natural_order(tmp_path):
     for n in ("10.jpg", "2.jpg", "1.JPG", "notes.txt"):
         (tmp_path / n).write_bytes(b"x")
@@ -186,79 +187,3 @@ def test_class_frequencies_leave_out_void(tmp_path):
     np.testing.assert_allclose(freq.sum(), 1.0)
     # Only the classes drawn by make_pair appear.
     assert set(np.flatnonzero(freq > 0.01)) <= {0, 2, 8, 10, 13}
-
-
-def test_full_augment_keeps_photo_and_ids_aligned():
-    """Photo and ids get the same zoom, crop and flip; ids stay class ids."""
-    import tensorflow as tf
-
-    from cityscapes_unet.data.tf_pipeline import augment_pair
-
-    # Vertical and horizontal bands: each class has its own grey level, so a
-    # misaligned crop or flip would show up as photo/ids disagreement.
-    ids = np.zeros((32, 32), np.uint8)
-    ids[:, 8:16] = 2
-    ids[:, 16:] = 13
-    ids[20:, :] = 8
-    ids[:4, :4] = 255
-    grey = {0: 20, 2: 80, 13: 140, 8: 200, 255: 250}
-    photo = np.repeat(np.vectorize(grey.get)(ids)[..., None], 3, axis=-1).astype(np.uint8)
-    changed = 0
-    for i in range(20):
-        p, m = augment_pair(tf.constant(photo), tf.constant(ids), tf.constant([i, 7], tf.int64), jitter=0.0)
-        p, m = p.numpy(), m.numpy()
-        assert p.shape == (32, 32, 3) and m.shape == (32, 32) and m.dtype == np.uint8
-        assert set(np.unique(m)) <= {0, 2, 8, 13, 255}  # never interpolated
-        # Away from band edges (where the bilinear photo blends) every photo
-        # pixel has its label's grey level.
-        want = np.vectorize(grey.get)(m)
-        # (bilinear and nearest sample half a pixel apart: 2 pixels of margin)
-        edge = np.zeros_like(m, bool)
-        edge[1:] |= m[1:] != m[:-1]
-        edge[:, 1:] |= m[:, 1:] != m[:, :-1]
-        near = edge.copy()
-        for shift in (-2, -1, 1, 2):
-            near |= np.roll(edge, shift, 0) | np.roll(edge, shift, 1)
-        # ... and off the frame, where a blend may reach past the crop.
-        near[:2] = near[-2:] = near[:, :2] = near[:, -2:] = True
-        inner = ~near
-        assert (np.abs(p[..., 0].astype(int) - want)[inner] <= 2).mean() > 0.99
-        changed += not np.array_equal(m, ids)
-    assert changed >= 15  # the draws do vary
-
-    # Jitter changes the photo only.
-    p, m = augment_pair(tf.constant(photo), tf.constant(ids), tf.constant([3, 1], tf.int64), max_scale=1.0)
-    p0, m0 = augment_pair(
-        tf.constant(photo), tf.constant(ids), tf.constant([3, 1], tf.int64), max_scale=1.0, jitter=0.0
-    )
-    np.testing.assert_array_equal(m.numpy(), m0.numpy())
-    assert not np.array_equal(p.numpy(), p0.numpy())
-
-
-@pytest.mark.parametrize("mode", ["full", "mild"])
-def test_make_dataset_zooming_augments_use_their_strengths(tmp_path, monkeypatch, mode):
-    from cityscapes_unet.data import decode, tf_pipeline
-
-    seen = []
-
-    def spy(photo, ids, seed, max_scale, jitter):
-        seen.append((max_scale, jitter))
-        return photo, ids
-
-    monkeypatch.setattr(tf_pipeline, "augment_pair", spy)
-    paths = write_pairs(tmp_path, 4, size=16)
-    next(iter(tf_pipeline.make_dataset(paths, 16, 2, training=True, seed=1, augment=mode)))
-    assert seen and set(seen) == {decode.ZOOM_JITTER[mode]}
-    assert decode.ZOOM_JITTER["mild"][0] < decode.ZOOM_JITTER["full"][0]
-
-
-def test_make_dataset_full_augment_runs(tmp_path):
-    from cityscapes_unet.data.tf_pipeline import make_dataset
-
-    paths = write_pairs(tmp_path, 6, size=32)
-    x, y, w = next(iter(make_dataset(paths, 32, 3, training=True, seed=1, augment="full")))
-    assert x.shape == (3, 32, 32, 3) and y.shape == (3, 32, 32, 19) and w.shape == (3, 32, 32)
-    # One-hot rows are all-zero exactly where the weight is 0 (ignored).
-    np.testing.assert_array_equal(y.numpy().sum(-1), w.numpy())
-    with pytest.raises(ValueError, match="augment"):
-        make_dataset(paths, 32, 3, training=True, augment="sideways")

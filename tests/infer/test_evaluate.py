@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cityscapes_unet.infer.metrics import category_confusion, confusion_matrix, markdown_report, scores
-from conftest import TINY, run_main, write_pairs
+from conftest import TINY, main_in_process, write_pairs
 
 
 def test_scores_hand_worked_with_void():
@@ -35,9 +35,10 @@ def test_scores_hand_worked_with_void():
     assert "| road | 0.6667 |" in md and "| car | - |" in md
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_matches_training_metrics(tiny_data, tmp_path):
     out = tmp_path / "run"
-    r = run_main(
+    r = main_in_process(
         "--data-dir",
         tiny_data,
         "--output-dir",
@@ -51,14 +52,12 @@ def test_evaluate_end_to_end_matches_training_metrics(tiny_data, tmp_path):
         # very figures it gives (a bf16 run's differ in the last digits).
         "--precision",
         "float32",
-        # Training's validation runs the network alone: so must the saved model.
-        "--set",
-        "tta=none",
-        "--set",
-        "logit_adjust=0",
+        # No class weights: no logit adjustment, so the saved model scores what validation did.
+        "--class-weights",
+        "none",
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run_main("evaluate", "--model", out / "unet_model.keras")
+    r = main_in_process("evaluate", "--model", out / "unet_model.keras")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| mean IoU (19 classes) |" in r.stdout
     for name in ("report.json", "report.md", "confusion_matrix.png"):
@@ -78,6 +77,7 @@ def test_evaluate_end_to_end_matches_training_metrics(tiny_data, tmp_path):
     assert "at the labels' own size" in md and "IoU at label size" in md
 
 
+@pytest.mark.slow
 def test_evaluate_shows_progress_on_a_folder(tmp_path):
     import keras
 
@@ -88,7 +88,7 @@ def test_evaluate_shows_progress_on_a_folder(tmp_path):
     model = tmp_path / "m.keras"
     build_unet(32, uf.NUM_CLASSES, (4, 8, 16, 32), 64).save(model)
     write_pairs(tmp_path / "pairs", 12)
-    r = run_main("evaluate", "--model", model, "--data-dir", tmp_path / "pairs", "--batch-size", 5)
+    r = main_in_process("evaluate", "--model", model, "--data-dir", tmp_path / "pairs", "--batch-size", 5)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "12/12" in r.stdout and "| mean IoU (19 classes) |" in r.stdout
     assert json.load(open(tmp_path / "eval" / "report.json"))["files"] == 12
@@ -97,9 +97,9 @@ def test_evaluate_shows_progress_on_a_folder(tmp_path):
 def test_evaluate_bad_model_file(tmp_path):
     bad = tmp_path / "model.keras"
     bad.write_text("not a model")
-    r = run_main("evaluate", "--model", bad, "--data-dir", tmp_path)
+    r = main_in_process("evaluate", "--model", bad, "--data-dir", tmp_path)
     assert r.returncode == 2 and "--model" in r.stderr and "Traceback" not in r.stderr
-    r = run_main("evaluate", "--model", tmp_path / "missing.keras")
+    r = main_in_process("evaluate", "--model", tmp_path / "missing.keras")
     assert r.returncode == 2 and "file not found" in r.stderr
 
 

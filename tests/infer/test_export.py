@@ -15,6 +15,7 @@ from conftest import main_in_process, make_pair
 from segmentation_model import build_unet
 
 pytest.importorskip("openvino")
+pytestmark = pytest.mark.slow  # each exports and compiles an OpenVINO model
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_export_openvino_then_predict_agrees_with_keras(model_dir, tmp_path, cap
     outs = {}
     for engine, m in (("keras", model), ("openvino", xml), ("openvino", model)):
         out = tmp_path / f"out_{engine}_{m.suffix}"
-        summary = run_predict(str(m), [str(photos)], str(out), engine=engine)
+        summary = run_predict([str(photos)], str(m), engine, str(out))
         assert summary["engine"] == engine and summary["predicted"] == 3
         outs[(engine, m.suffix)] = [
             cv2.imread(str(out / f"p{i}_ids.png"), cv2.IMREAD_UNCHANGED) for i in range(3)
@@ -113,7 +114,10 @@ def test_engine_errors_are_one_line(model_dir, tmp_path):
     r = main_in_process("predict", "--model", bad, photos)
     assert r.returncode == 2 and "not a usable OpenVINO model" in r.stderr and "Traceback" not in r.stderr
     r = main_in_process("export", "--model", lonely / "unet_model.keras", "--out", tmp_path / "x.onnx")
-    assert r.returncode == 2 and "--out" in r.stderr and ".xml" in r.stderr
+    assert r.returncode == 2 and f"--out {tmp_path / 'x.onnx'}" in r.stderr
+    # An export runs what it was exported with: no averaging on top.
+    r = main_in_process("predict", "--model", lonely / "unet_model.xml", "--tta", "flip", photos)
+    assert r.returncode == 2 and "--tta flip" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_export_saved_model(model_dir, tmp_path):
@@ -121,26 +125,27 @@ def test_export_saved_model(model_dir, tmp_path):
     from cityscapes_unet.infer.export import run_export
 
     out = tmp_path / "sm"
-    run_export(str(model_dir / "unet_model.keras"), "tf_saved_model", str(out))
+    run_export(str(model_dir / "unet_model.keras"), "tf_saved_model", out=str(out))
     loaded = tf.saved_model.load(str(out))
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     want = keras.models.load_model(model_dir / "unet_model.keras", compile=False).predict(x, verbose=0)
     np.testing.assert_allclose(loaded.serve(x).numpy(), want, atol=1e-4)
 
 
-@pytest.mark.parametrize("flip", [False, True])
-def test_export_openvino_of_a_model_at_source_size(tmp_path, flip):
-    # The saved model of a run below the data's size: area resize in,
-    # bilinear scores out (segmentation_model.at_source_size); with the
-    # mirrored photo's scores averaged in, as `--set tta=flip` saves it.
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_export_openvino_of_a_saved_model_below_the_data_size(tmp_path, tta):
+    # As a run below the data's size saves it: area resize in, bilinear scores
+    # out; with the mirrored photo's scores averaged in for `--tta flip`.
     from cityscapes_unet.infer.export import run_export
-    from cityscapes_unet.infer.saved_model import at_source_size
+    from cityscapes_unet.infer.saved_model import saved_model
+    from segmentation_model import sized_model
 
     keras.utils.set_random_seed(6)
-    core = build_unet(16, uf.NUM_CLASSES, (4, 8), 16)
-    head = core.get_layer("head_conv")
+    network = build_unet(None, uf.NUM_CLASSES, (4, 8), 16)
+    head = network.get_layer("head_conv")
     kernel, bias = head.get_weights()
     head.set_weights([kernel * 30, bias])
-    at_source_size(core, 24, flip=flip).save(tmp_path / "unet_model.keras")  # 24 -> 16: up 2, pool 3
-    result = run_export(str(tmp_path / "unet_model.keras"))
+    saved_model(sized_model(network, 24, 16)).save(tmp_path / "unet_model.keras")  # 24 -> 16: up 2, pool 3
+    result = run_export(str(tmp_path / "unet_model.keras"), tta=tta)
     assert result["agreement"] >= 0.995
+    assert result["path"] == str(tmp_path / ("unet_model.xml" if tta == "none" else f"unet_model_{tta}.xml"))

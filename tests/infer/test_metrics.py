@@ -6,6 +6,15 @@ import numpy as np
 import utils_func as uf
 
 
+def _compiled(size, weights=None):
+    """The tiny UNet compiled as a run compiles it (loss, weighted metrics)."""
+    from cityscapes_unet.settings import TrainConfig
+    from cityscapes_unet.train.run import build_network, compile_for_size
+
+    cfg = TrainConfig(base_filters=4, block="plain")
+    return compile_for_size(build_network(cfg), keras.optimizers.Adam(), cfg, weights, size, size)
+
+
 def _inputs(true_ids, pred_ids, num_classes):
     true_ids = np.asarray(true_ids)
     y_true = uf.one_hot(true_ids, num_classes)[None]
@@ -65,7 +74,7 @@ def test_weighted_loss_is_class_weighted_ce_and_ignores_void():
     from cityscapes_unet.train.losses import make_loss
 
     weights = np.array([2.0, 0.5, 1.0], "float32")
-    loss = make_loss(weights)
+    loss = make_loss("ce", weights)
     y_true = uf.one_hot(np.array([[0, 1, 255]]), 3)[None]
     probs = np.array([[[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.01, 0.01, 0.98]]], "float32")[None]
     w = np.array([[[1, 1, 0]]], "float32")
@@ -75,11 +84,8 @@ def test_weighted_loss_is_class_weighted_ce_and_ignores_void():
 
 def test_compiled_model_metrics_exclude_void():
     """The figures Keras reports during fit/evaluate match a hand count."""
-    from cityscapes_unet.train.config import TrainConfig
-    from cityscapes_unet.train.run import build_and_compile
-
     keras.utils.set_random_seed(0)
-    model = build_and_compile(TrainConfig(image_size=16, base_filters=4, epochs=1), steps_per_epoch=1)
+    model = _compiled(16)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (4, 16, 16, 3)).astype("float32")
     ids = rng.integers(0, 19, (4, 16, 16))
@@ -100,12 +106,8 @@ def test_uint8_batches_score_like_float32():
     # them in the step. Loss and metrics must equal those of float32 inputs.
     import tensorflow as tf
 
-    from cityscapes_unet.train.config import TrainConfig
-    from cityscapes_unet.train.run import build_and_compile
-
     keras.utils.set_random_seed(0)
-    cfg = TrainConfig(image_size=32, base_filters=4, batch_size=4, epochs=1, schedule="constant")
-    model = build_and_compile(cfg, 1, np.linspace(0.5, 2, 19))
+    model = _compiled(32, np.linspace(0.5, 2, 19))
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
     ids = rng.integers(0, 19, (4, 32, 32))

@@ -26,7 +26,7 @@ FAST = (*TINY, "--num-preds", 1, "--progress-every", 0)
 
 def _tiny_model():
     keras.utils.set_random_seed(0)
-    return build_unet(32, 19, (4, 8, 16, 32), 64)
+    return build_unet(32, 19, (4, 8))
 
 
 def _poison(model):
@@ -88,15 +88,13 @@ def test_checkpoint_and_resume_state_refuse_non_finite_weights(tmp_path):
     assert best.best_epoch == 0
 
 
+@pytest.mark.slow
 def test_exploding_run_keeps_no_broken_model(tiny_data, tmp_path):
     out = tmp_path / "o"
-    r = run_main(
-        "--data-dir", tiny_data, "--output-dir", out, "--epochs", 3, *FAST,
-        "--learning-rate", 1e10, "--schedule", "constant",
-    )  # fmt: skip
+    r = run_main("--data-dir", tiny_data, "--output-dir", out, "--epochs", 3, *FAST, "--learning-rate", 1e30)
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
-    assert "Traceback" not in r.stderr and "stopped" in last
+    assert "Traceback" not in r.stderr and last.startswith("error: the training loss became nan")
     if (out / "unet_model.keras").exists():
         assert _weights_finite(out / "unet_model.keras") and "is kept in" in last
     else:
@@ -120,8 +118,8 @@ def test_truncated_and_non_utf8_files_fail_the_check(tmp_path):
     assert scan_pairs([good, cut]) == ([good], [(cut, check_pair(cut))])
 
 
-@pytest.mark.parametrize("pipeline", ["tf", "numpy"])
-def test_bad_files_named_and_counts_exact_in_training_and_evaluate(tmp_path, pipeline):
+@pytest.mark.slow
+def test_bad_files_named_and_counts_exact_in_training_and_evaluate(tmp_path):
     data = tmp_path / "data"
     write_pairs(data / "train", 8)
     write_pairs(data / "val", 4, seed=50)
@@ -129,9 +127,7 @@ def test_bad_files_named_and_counts_exact_in_training_and_evaluate(tmp_path, pip
     _truncate(data / "val" / "2.jpg")
     _bad_name(data / "train")
     out = tmp_path / "o"
-    r = run_main(
-        "--data-dir", data, "--output-dir", out, "--epochs", 1, *FAST, "--pipeline", pipeline
-    )  # fmt: skip
+    r = main_in_process("--data-dir", data, "--output-dir", out, "--epochs", 1, *FAST)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
     assert "Data: 7 training samples, 3 validation samples" in r.stdout
@@ -172,6 +168,7 @@ def _hold_lock(folder):
     return proc
 
 
+@pytest.mark.slow
 def test_lock_refuses_a_second_holder_and_not_after_a_kill(tmp_path):
     holder = _hold_lock(tmp_path / "o")
     try:
@@ -193,15 +190,19 @@ def test_unfinished_run_refused_whatever_the_epochs(tiny_data, tmp_path):
     (out / "resume" / "state.json").write_text('{"epochs_done": 2, "model": "epoch_002.keras"}')
     for epochs in (1, 2, 3):
         code, _, err = _main("--data-dir", tiny_data, "--output-dir", out, "--epochs", epochs, *FAST)
-        assert code == 2 and "holds an unfinished run (2 epochs done)" in err
+        assert code == 2 and f"error: --output-dir {out}: " in err and "--resume" in err
     assert sorted(os.listdir(out / "resume")) == ["epoch_002.keras", "state.json"]
 
 
+@pytest.mark.slow
 def test_run_folder_busy_refused_earlier_run_kept_whole_temporaries_removed(tmp_path):
     write_pairs(tmp_path / "a" / "train", 8)
     write_pairs(tmp_path / "b" / "train", 10, seed=30)
     out = tmp_path / "o"
-    assert run_main("--data-dir", tmp_path / "a", "--output-dir", out, "--epochs", 1, *FAST).returncode == 0
+    assert (
+        main_in_process("--data-dir", tmp_path / "a", "--output-dir", out, "--epochs", 1, *FAST).returncode
+        == 0
+    )
     first = {n: (out / n).read_bytes() for n in ("unet_model.keras", "config.json", "history.csv")}
 
     # Busy: a run (or --resume, or --overwrite) on a folder in use is refused.
@@ -223,7 +224,7 @@ def test_run_folder_busy_refused_earlier_run_kept_whole_temporaries_removed(tmp_
     stale = [out / ".unet_model.keras.tmp-999.keras", out / "resume" / ".epoch_001.keras.tmp-999.keras"]
     for path in stale:
         path.write_bytes(b"x" * 1000)
-    r = run_main("--data-dir", tmp_path / "b", "--output-dir", out, "--epochs", 1, *FAST)
+    r = main_in_process("--data-dir", tmp_path / "b", "--output-dir", out, "--epochs", 1, *FAST)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [n for _, _, files in os.walk(out) for n in files if ".tmp-" in n] == []
 
@@ -246,16 +247,17 @@ def test_unwritable_output_folder_one_line(tiny_data, tmp_path):
     (tmp_path / "afile").write_text("")
     for out in (tmp_path / "afile" / "out", tmp_path / ("x" * 300)):
         code, _, err = _main("--data-dir", tiny_data, "--output-dir", out, "--epochs", 1, *FAST)
-        assert code == 2 and err.strip().count("\n") == 0 and "cannot write there" in err, err[-2000:]
+        assert code == 2 and err.strip().count("\n") == 0 and f"--output-dir {out}" in err, err[-2000:]
     _tiny_model().save(tmp_path / "m.keras")
     write_pairs(tmp_path / "pairs", 2)
     code, _, err = _main(
         "evaluate", "--model", tmp_path / "m.keras", "--data-dir", tmp_path / "pairs",
         "--output-dir", tmp_path / "afile" / "ev",
     )  # fmt: skip
-    assert code == 2 and "--output-dir" in err and "cannot write there" in err
+    assert code == 2 and f"--output-dir {tmp_path / 'afile' / 'ev'}" in err
 
 
+@pytest.mark.slow
 def test_disk_full_at_start_up_is_one_line(tiny_data, tmp_path, monkeypatch, capsys):
     import main
     from cityscapes_unet import io
@@ -296,6 +298,7 @@ def _interrupt(args, ready):
     return proc.returncode, err
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_what_is_on_disk_and_how_to_go_on(tiny_data, tmp_path):
     out = tmp_path / "o"
     flags = ("--data-dir", tiny_data, "--output-dir", out, "--epochs", 200, *FAST)

@@ -18,7 +18,7 @@ pytest.importorskip("tensorflow")
 from cityscapes_unet.data.files import check_pair, scan_pairs  # noqa: E402
 from cityscapes_unet.errors import TrainingError  # noqa: E402
 from cityscapes_unet.train.callbacks import BestModelCheckpoint  # noqa: E402
-from conftest import ROOT, TINY, main_in_process, run_main, write_pairs  # noqa: E402
+from conftest import ROOT, TINY, main_in_process, write_pairs  # noqa: E402
 from segmentation_model import build_unet  # noqa: E402
 
 
@@ -31,27 +31,29 @@ def _start_main(*args):
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("pipeline", ["tf", "numpy"])
-def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path, pipeline):
-    # The first epoch at a smaller size, the last at a larger one: the
-    # resumed run switches too. With flips: their draws must resume too.
-    final = (
-        "--set",
-        "first_size=16",
-        "--set",
-        "first_epochs=1",
-        "--set",
-        "final_size=48",
-        "--set",
-        "final_epochs=1",
-    )
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path):
+    # The first epoch at a smaller size, the last two at a larger one: the
+    # resumed run goes on in the middle of a stage. With flips: their draws
+    # must resume too (`skip_epochs`, tested for both pipelines in test_numpy_pipeline).
+    sizes = ("first_size=16", "first_epochs=1", "final_size=48", "final_epochs=2")
     flags = (
-        *("--data-dir", tiny_data, "--epochs", 4, *TINY, "--num-preds", 0, "--schedule", "cosine", *final),
-        *("--augment", "flip", "--pipeline", pipeline),
+        "--data-dir",
+        tiny_data,
+        "--epochs",
+        3,
+        *TINY,
+        "--num-preds",
+        0,
+        "--progress-every",
+        0,
+        "--augment",
+        "flip",
     )
+    flags += tuple(arg for item in sizes for arg in ("--set", item))
     # The same run, uninterrupted, for comparison.
     ref = tmp_path / "ref"
-    r = run_main(*flags, "--output-dir", ref)
+    r = main_in_process(*flags, "--output-dir", ref)
     assert r.returncode == 0, r.stderr[-3000:]
 
     out = tmp_path / "run"
@@ -64,30 +66,29 @@ def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path, pi
                 break
         except (OSError, ValueError):
             pass
-        time.sleep(0.02)
+        time.sleep(0.01)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = json.load(open(state))["epochs_done"]
-    assert 2 <= done < 4
+    assert done == 2
     best_before = (out / "unet_model.keras").read_bytes()
 
     # A new run over the unfinished one is refused; so is a contradicting resume.
     r = main_in_process(*flags, "--output-dir", out)
-    assert r.returncode == 2 and "unfinished run" in r.stderr and "--resume" in r.stderr
+    assert r.returncode == 2 and f"--output-dir {out}" in r.stderr and "--resume" in r.stderr
     r = main_in_process("--output-dir", out, "--resume", "--learning-rate", 0.5)
-    assert r.returncode == 2 and "--learning-rate 0.5 contradicts" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--learning-rate 0.5" in r.stderr and "Traceback" not in r.stderr
     assert (out / "unet_model.keras").read_bytes() == best_before
 
     # Resume with no other flag: the saved configuration is used.
-    r = run_main("--output-dir", out, "--resume")
+    r = main_in_process("--output-dir", out, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"Resuming {out} after epoch {done} of 4" in r.stdout
+    assert f"Resuming {out} after epoch 2 of 3" in r.stdout
     assert "image_size = 32 (from the resumed run's config.json)" in r.stdout
-    assert "Epoch 4 of 4: training and validating at 48x48" in r.stdout
+    assert "Epoch 3 of 3: training and validating at 48x48" in r.stdout
     rows = _history(out)
-    assert [row["epoch"] for row in rows] == [str(e) for e in range(4)]
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"]
     # The optimizer's step count came back: the learning rate goes on along
     # the same cosine schedule as the uninterrupted run.
     np.testing.assert_allclose(
@@ -111,28 +112,13 @@ def test_resume_after_sigkill_continues_where_it_stopped(tiny_data, tmp_path, pi
     best_row = max(rows, key=lambda row: float(row["val_mean_iou"]))
     assert info["best"] == pytest.approx(float(best_row["val_mean_iou"]), abs=1e-6)
     r = main_in_process("--output-dir", out, "--resume")
-    assert r.returncode == 2 and "no complete epoch saved" in r.stderr
-
-
-def test_overwrite_replaces_and_default_keeps(tiny_data, tmp_path):
-    out = tmp_path / "out"
-    flags = ("--data-dir", tiny_data, "--output-dir", out, "--epochs", 1, *TINY, "--num-preds", 0)
-    assert run_main(*flags).returncode == 0
-    r = run_main(*flags, "--overwrite")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "--overwrite: removed the earlier unet_model.keras" in r.stdout
-    assert sorted(n for n in os.listdir(out) if n.startswith("unet_model")) == [
-        "unet_model.json",
-        "unet_model.keras",
-    ]
-    r = main_in_process(*flags, "--overwrite", "--resume")
-    assert r.returncode == 2 and "choose one" in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error: --resume: ")
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
 def test_failed_save_keeps_earlier_best(tmp_path, monkeypatch, code):
     keras.utils.set_random_seed(0)
-    model = build_unet(32, 19, (4, 8, 16, 32), 64)
+    model = build_unet(32, 19, (4, 8))
     path = tmp_path / "unet_model.keras"
     cb = BestModelCheckpoint(str(path))
     cb.set_model(model)
@@ -147,11 +133,12 @@ def test_failed_save_keeps_earlier_best(tmp_path, monkeypatch, code):
     monkeypatch.setattr(keras.Model, "save", failing_save)
     with pytest.raises(TrainingError, match=os.strerror(code)) as e:
         cb.on_epoch_end(1, {"val_mean_iou": 0.5})
-    assert "the earlier file is unchanged" in str(e.value) and "\n" not in str(e.value)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["unet_model.json", "unet_model.keras"]  # no temporary file
 
 
+@pytest.mark.slow
 def test_failed_save_ends_the_command_with_one_line(tiny_data, tmp_path, monkeypatch, capsys):
     import main
 
@@ -164,17 +151,12 @@ def test_failed_save_ends_the_command_with_one_line(tiny_data, tmp_path, monkeyp
         + [str(a) for a in TINY]
     )
     err = capsys.readouterr().err
-    assert code == 1
-    assert "error: could not save" in err and "No space left on device" in err
-
-
-def test_non_finite_loss_stops_with_message(tiny_data, tmp_path):
-    out = tmp_path / "o"
-    r = run_main("--data-dir", tiny_data, "--output-dir", out, "--epochs", 3, *TINY, "--learning-rate", 1e30)
-    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "error: the training loss became nan" in r.stderr
-    assert "Traceback" not in r.stderr
-    assert (out / "history.csv").exists() or "no epoch finished" in r.stderr
+    assert (
+        code == 1
+        and err.startswith("error: ")
+        and "No space left on device" in err
+        and "Traceback" not in err
+    )
 
 
 def _jpeg_with_header(tmp_path, name, height, width):
@@ -186,6 +168,7 @@ def _jpeg_with_header(tmp_path, name, height, width):
     return tmp_path / name
 
 
+@pytest.mark.slow
 def test_bad_data_suite(tmp_path):
     import cv2
     from PIL import Image
@@ -199,6 +182,8 @@ def test_bad_data_suite(tmp_path):
     Image.new("CMYK", (64, 32), (10, 20, 30, 0)).save(d / "cmyk.jpg")
     cv2.imwrite(str(d / "gray.jpg"), np.zeros((32, 64), np.uint8))
     cv2.imwrite(str(d / "square.jpg"), np.zeros((32, 32, 3), np.uint8))
+    write_pairs(tmp_path / "large", 1, size=48)
+    os.replace(tmp_path / "large" / "1.jpg", d / "larger.jpg")
     huge = _jpeg_with_header(d, "huge.jpg", 20000, 40000)
     trunc = d / "truncated.jpg"
     trunc.write_bytes(open(good[0], "rb").read()[:30])
@@ -214,22 +199,27 @@ def test_bad_data_suite(tmp_path):
         "cmyk.jpg",
         "gray.jpg",
         "square.jpg",
+        "larger.jpg",
         "huge.jpg",
         "truncated.jpg",
         "dangling.jpg",
         "folder.jpg",
     }
-    assert "4-channel" in reasons["cmyk.jpg"] and "too large" in reasons["huge.jpg"]
+    assert (
+        "4-channel" in reasons["cmyk.jpg"]
+        and "too large" in reasons["huge.jpg"]
+        and "64x32" in reasons["larger.jpg"]
+    )
     assert check_pair(str(huge)) == reasons["huge.jpg"]
 
     # The command line skips them (list_images drops links to nothing and
     # folders before the checks), counts them and trains on the good ones.
-    r = run_main(
+    r = main_in_process(
         "--data-dir", tmp_path, "--output-dir", tmp_path / "o", "--epochs", 1, *TINY, "--num-preds", 0
     )
     assert r.returncode == 0, r.stderr[-3000:]
     skipped = (tmp_path / "o" / "skipped.txt").read_text().splitlines()
-    assert len(skipped) == 8 and "Skipped 8 unusable files" in r.stdout
+    assert len(skipped) == 9 and "Skipped 9 unusable files" in r.stdout
     assert json.load(open(tmp_path / "o" / "config.json"))["train_files"] == 5
 
 
@@ -276,29 +266,14 @@ def test_models_refused_with_one_line(tmp_path):
         (["--progress-every", "-1"], "--progress-every -1"),
         (["--learning-rate", "-1"], "--learning-rate -1"),
         (["--learning-rate", "nan"], "--learning-rate nan"),
-        (["--image-size", "24"], "--image-size 24: must be a positive multiple of 16"),
+        (["--image-size", "24"], "--image-size 24"),
         (["--base-filters", "0"], "--base-filters 0"),
-        (["--set", "val_split=0"], "--set val_split=0"),
-        (["--epochs", "ten"], "--epochs: invalid int value"),
+        (["--set", "val_split=0"], "--val-split 0"),
+        (["--epochs", "ten"], "--epochs"),
+        (["--loss", "focal"], "--loss"),
     ],
 )
 def test_nonsense_flags(args, needle, tmp_path):
     r = main_in_process(*args, "--output-dir", tmp_path / "o")
     assert r.returncode == 2, r.stderr[-2000:]
     assert needle in r.stderr and "Traceback" not in r.stderr
-
-
-def test_same_seed_same_split_shuffle_and_first_loss(tiny_data, tmp_path):
-    runs = []
-    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
-        out = tmp_path / name
-        r = run_main(
-            "--data-dir", tiny_data, "--output-dir", out, "--epochs", 1, *TINY, "--num-preds", 0,
-            "--progress-every", 0, "--seed", seed,
-        )  # fmt: skip
-        assert r.returncode == 0, r.stderr[-3000:]
-        runs.append((json.load(open(out / "config.json")), _history(out)[0]))
-    (cfg_a, h_a), (cfg_b, h_b), (cfg_c, h_c) = runs
-    assert cfg_a["val_files"] == cfg_b["val_files"]
-    assert h_a["loss"] == h_b["loss"] and h_a["val_mean_iou"] == h_b["val_mean_iou"]
-    assert h_a["loss"] != h_c["loss"]
